@@ -128,3 +128,13 @@ def bad_words_ids(processor: ProcessorMixin) -> list[list[int]]:
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def save_processor_files(processor: ProcessorMixin, out_dir) -> None:
+    """Every file a loader may look for: transformers 5 writes one `processor_config.json`; older
+    loaders and serving engines read `preprocessor_config.json` and `video_preprocessor_config.json`,
+    whose absence is a common cause of 'LoRA will not load' reports, so write them too."""
+    processor.save_pretrained(out_dir)
+    processor.image_processor.save_pretrained(out_dir)
+    if getattr(processor, "video_processor", None) is not None:
+        processor.video_processor.save_pretrained(out_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from mmgrpo.models.loading import save_processor_files
 from transformers import (
     GenerationConfig,
     Qwen2_5_VLConfig,
@@ -197,5 +198,6 @@ def save_tiny(out_dir: str | Path, spec: TinySpec | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build_tiny(spec)
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    save_processor_files(processor, out)
     return out
