@@ -1,0 +1,172 @@
+"""Group advantages from per-function rewards (ALGORITHMS.md §1, §2 "Multi-reward").
+
+Pure functions over tensors; nothing here knows about models or trainers. Shapes:
+B groups (prompts), G completions per group, R reward functions. A reward of NaN means the
+function returned None for that completion ("not applicable"); the reward runner refuses real
+NaN values, so inside this module NaN in `rewards` always means None.
+
+Standard deviations are population (1/G) ones, for the advantage and for Reg-GRPO's z-score of
+the log-ratios alike: Reg-GRPO (DeepVideo-R1 §3.2) regresses one z-score onto the other, and
+its optimum is only representable when both use the same definition. TRL uses Bessel's
+(1/(G-1)) std, which scales every advantage by sqrt((G-1)/G) (0.935 for G = 8) and nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+CombineMode = Literal["sum_then_normalize", "normalize_then_sum"]
+Scale = Literal["group", "batch", "none"]
+
+# Totals whose spread within a group is below this (relative to their magnitude) count as
+# "all equal": the imputed None entries below are means and may differ from the others by
+# rounding only.
+_EQUAL_RTOL = 1e-6
+
+
+@dataclass
+class Advantages:
+    advantages: Tensor  # [B, G] float, no grad
+    zero_std: Tensor  # [B] bool, groups whose totals are all equal (no learning signal)
+    total: Tensor  # [B, G] combined reward the advantages were computed from (NaN = unscorable)
+    scorable: Tensor  # [B, G] bool, completions with at least one applicable reward
+
+
+def _check_finite(x: Tensor, allowed_nan: Tensor, what: str) -> None:
+    """ValueError naming the first group (and completion) holding an inf, or a NaN not allowed."""
+    bad = torch.isinf(x) | (torch.isnan(x) & ~allowed_nan)  # same shape as x
+    if bool(bad.any()):
+        idx = [int(i) for i in bad.nonzero()[0]]
+        raise ValueError(
+            f"{what} is not finite at group {idx[0]} (completion {idx[1]}): {float(x[tuple(idx)])}; "
+            "a reward must be a finite number or None"
+        )
+
+
+def _nan_mean(x: Tensor, dim: int) -> Tensor:
+    """Mean over `dim` ignoring NaN; 0 where every entry is NaN (keepdim)."""
+    valid = ~torch.isnan(x)  # same shape as x
+    count = valid.sum(dim, keepdim=True)  # x with `dim` of size 1
+    total = torch.where(valid, x, torch.zeros_like(x)).sum(dim, keepdim=True)  # x with `dim` of size 1
+    return total / count.clamp(min=1)  # x with `dim` of size 1
+
+
+def _nan_std(x: Tensor, dim: int | None) -> Tensor:
+    """Population std ignoring NaN (keepdim; all dims when dim is None); 0 where nothing is valid."""
+    if dim is None:
+        return _nan_std(x.reshape(1, -1), 1).reshape([1] * x.dim())  # [1, ...] like x
+    mean = _nan_mean(x, dim)  # x with `dim` of size 1
+    return _nan_mean((x - mean) ** 2, dim).sqrt()  # x with `dim` of size 1
+
+
+def combine_rewards(
+    rewards: Tensor,  # [B, G, R] float, NaN = None
+    weights: Sequence[float] | Tensor,  # [R]
+    mode: CombineMode,
+    eps: float = 1e-4,
+    std_normalize: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """One number per completion from R rewards. Returns (total [B, G], scorable [B, G] bool).
+
+    sum_then_normalize: weighted sum; the group normalisation happens in `group_advantages`.
+      ALGORITHMS.md §2: "a reward that returns None for a sample is left out of that sample's
+      baseline". The baseline of completion i is then sum over *its* applicable functions k of
+      w_k * mean_{j: k applies to j} r_jk, so its centred total is
+      sum_{k applicable to i} w_k (r_ik - mean_j r_jk). We get exactly that by filling each None
+      with the group mean of that function (it contributes r - mean = 0 to the advantage) and
+      centring the sum as usual. Merely counting None as 0 would instead punish a completion for
+      a reward that does not apply to it. A completion with no applicable reward at all is
+      "unscorable": its total is NaN, it stays out of the group mean and std, advantage 0 (as TRL).
+    normalize_then_sum (GDPO): each function is normalised within its group over the completions
+      it applies to (None -> 0 after normalisation), summed with weights, then normalised over
+      the whole batch. The result is already an advantage; pass it on with scale "none".
+    """
+    if rewards.dim() != 3:
+        raise ValueError(f"rewards must be [B, G, R], got shape {tuple(rewards.shape)}")
+    w = torch.as_tensor(weights, dtype=rewards.dtype, device=rewards.device)  # [R]
+    if w.shape != rewards.shape[2:] or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"weights must be {rewards.shape[2]} finite numbers, got {w.tolist()}")
+    none = torch.isnan(rewards)  # [B, G, R]
+    _check_finite(rewards, none, "reward")
+    scorable = ~none.all(-1)  # [B, G]
+    mean_k = _nan_mean(rewards, 1)  # [B, 1, R] per-function group mean over applicable entries
+    if mode == "sum_then_normalize":
+        filled = torch.where(none, mean_k.expand_as(rewards), rewards)  # [B, G, R]
+        total = (filled * w).sum(-1)  # [B, G]
+        return torch.where(scorable, total, torch.full_like(total, float("nan"))), scorable
+    if mode == "normalize_then_sum":
+        centred = rewards - mean_k  # [B, G, R], NaN where None
+        if std_normalize:
+            centred = centred / (_nan_std(rewards, 1) + eps)  # [B, G, R]
+        per_fn = torch.where(none, torch.zeros_like(centred), centred)  # [B, G, R]
+        summed = (per_fn * w).sum(-1)  # [B, G]
+        summed = torch.where(scorable, summed, torch.full_like(summed, float("nan")))  # [B, G]
+        batch_mean = _nan_mean(summed.reshape(1, -1), 1)  # [1, 1] (0 up to rounding: groups are centred)
+        out = summed - batch_mean  # [B, G]
+        if std_normalize:
+            out = out / (_nan_std(summed, None) + eps)  # [B, G]
+        return out, scorable
+    raise ValueError(f"unknown reward combination {mode!r}; use sum_then_normalize or normalize_then_sum")
+
+
+def group_advantages(
+    total: Tensor,  # [B, G] float
+    scale: Scale,
+    eps: float,
+    center: bool = True,
+    std_normalize: bool = True,
+    scorable: Tensor | None = None,  # [B, G] bool; NaN totals are allowed only where False
+) -> tuple[Tensor, Tensor]:
+    """Advantage of each completion (same for all its tokens). Returns (advantages [B, G], zero_std [B]).
+
+    scale "group": (R - mean_g R) / (std_g R + eps)   GRPO, DeepSeekMath §4.1.2
+    scale "batch": (R - mean_g R) / (std_batch R + eps)  group baseline, batch std (TRL "batch")
+    scale "none" or std_normalize=False: R - mean_g R   Dr. GRPO §3.2 (the std division biases
+      towards too-easy / too-hard questions)
+    Groups whose totals are all equal get advantage exactly 0 and are flagged in `zero_std`
+    (Reg-GRPO skips them, DAPO's dynamic sampling replaces them). Unscorable completions get 0.
+    """
+    if total.dim() != 2:
+        raise ValueError(f"total must be [B, G], got shape {tuple(total.shape)}")
+    ok_nan = torch.zeros_like(total, dtype=torch.bool) if scorable is None else ~scorable  # [B, G]
+    _check_finite(total, ok_nan, "combined reward")
+    valid = ~torch.isnan(total)  # [B, G]
+    hi = torch.where(valid, total, torch.full_like(total, -float("inf"))).amax(1)  # [B]
+    lo = torch.where(valid, total, torch.full_like(total, float("inf"))).amin(1)  # [B]
+    spread = torch.where(valid.any(1), hi - lo, torch.zeros_like(hi))  # [B]
+    magnitude = torch.where(valid.any(1), torch.maximum(hi.abs(), lo.abs()), torch.zeros_like(hi))  # [B]
+    zero_std = spread <= _EQUAL_RTOL * (1.0 + magnitude)  # [B]
+    adv = total - _nan_mean(total, 1) if center else total  # [B, G]
+    if std_normalize and scale != "none":
+        if scale == "group":
+            std = _nan_std(total, 1)  # [B, 1]
+        elif scale == "batch":
+            std = _nan_std(total, None)  # [1, 1]
+        else:
+            raise ValueError(f"unknown advantage scale {scale!r}; use group, batch or none")
+        adv = adv / (std + eps)  # [B, G]
+    adv = torch.where(valid & ~zero_std[:, None], adv, torch.zeros_like(adv))  # [B, G]
+    return adv.detach(), zero_std
+
+
+def compute_advantages(
+    rewards: Tensor,  # [B, G, R] float, NaN = None
+    weights: Sequence[float] | Tensor,  # [R]
+    combine: CombineMode,
+    scale: Scale,
+    eps: float,
+) -> Advantages:
+    """What the trainer calls: `combine_rewards` then `group_advantages` with matching settings.
+
+    GDPO's output is already normalised over the batch, so it is not normalised again per group.
+    """
+    std_normalize = scale != "none"
+    total, scorable = combine_rewards(rewards, weights, combine, eps=eps, std_normalize=std_normalize)  # [B, G] x2
+    if combine == "normalize_then_sum":
+        adv, zero_std = group_advantages(total, "none", eps, center=False, scorable=scorable)  # [B, G], [B]
+    else:
+        adv, zero_std = group_advantages(total, scale, eps, std_normalize=std_normalize, scorable=scorable)
+    return Advantages(advantages=adv, zero_std=zero_std, total=total, scorable=scorable)

@@ -1,0 +1,306 @@
+"""Policy losses of the GRPO family (ALGORITHMS.md §1-§3): pure functions over tensors.
+
+Every variant has the signature `fn(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput`
+and is picked from the literal dict `LOSSES`; the trainer never branches on the name. The
+objective (what is computed per token / sequence / group) and the token aggregation
+(`cfg.aggregation`, one `aggregate` function) are separate settings.
+
+Shapes: B groups, G completions per group, T completion tokens (right-padded, `mask` = 1 on real
+completion tokens).
+
+Gradient accumulation and DDP: every denominator comes from `norm`, which holds counts for the
+*whole optimizer step* (all micro-batches, all processes). Each micro-batch's `loss` is then its
+exact share of the full-batch loss: summing the micro-batch losses (accumulating gradients) gives
+the full-batch loss and gradient. DDP *averages* gradients over processes, so a trainer using a
+global `norm` across P processes multiplies each loss by P (or all-reduces with SUM).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from mmgrpo.config import LossConfig
+
+
+@dataclass
+class LossInputs:
+    logp: Tensor  # [B, G, T] policy token log-probs (requires grad)
+    old_logp: Tensor  # [B, G, T] behaviour policy (detached); == logp.detach() when on-policy
+    ref_logp: Tensor | None  # [B, G, T] reference (None when beta == 0)
+    advantages: Tensor  # [B, G] group advantages (no grad)
+    mask: Tensor  # [B, G, T] 1 on completion tokens
+    zero_std: Tensor  # [B] bool, groups with identical rewards
+
+
+@dataclass
+class Normalizer:
+    """Denominators for the whole optimizer step (all micro-batches, all processes).
+
+    tokens: completion tokens (mask sum); sequences: completions (B * G, empty ones included);
+    groups: groups that *contribute* to Reg-GRPO, i.e. those with zero_std False;
+    max_completion_len: the generation budget (Dr. GRPO's constant).
+    """
+
+    tokens: float
+    sequences: float
+    groups: float
+    max_completion_len: int
+
+    @classmethod
+    def local(cls, x: LossInputs, max_completion_len: int) -> "Normalizer":
+        """Counts of this batch alone (no accumulation, one process). Zero counts become 1 so that an
+        all-masked batch gives loss 0 rather than 0/0."""
+        return cls(
+            tokens=max(float(x.mask.sum()), 1.0),
+            sequences=float(x.mask.shape[0] * x.mask.shape[1]),
+            groups=max(float((~x.zero_std.bool()).sum()), 1.0),
+            max_completion_len=int(max_completion_len),
+        )
+
+    @classmethod
+    def combine(cls, parts: Iterable["Normalizer"]) -> "Normalizer":
+        """Sum the counts of micro-batches (or processes) into one step-level Normalizer.
+
+        Build each part with `local` first: its 1-clamps only matter for empty parts, so combine raw
+        counts via `from_counts` when a part may be entirely empty."""
+        parts = list(parts)
+        lens = {p.max_completion_len for p in parts}
+        if len(lens) != 1:
+            raise ValueError(f"micro-batches disagree on max_completion_len: {sorted(lens)}")
+        return cls(
+            tokens=sum(p.tokens for p in parts),
+            sequences=sum(p.sequences for p in parts),
+            groups=sum(p.groups for p in parts),
+            max_completion_len=lens.pop(),
+        )
+
+    @classmethod
+    def from_counts(cls, masks: Iterable[Tensor], zero_stds: Iterable[Tensor], max_completion_len: int) -> "Normalizer":
+        """Exact step-level counts from every micro-batch's mask [B, G, T] and zero_std [B]."""
+        masks, zero_stds = list(masks), list(zero_stds)
+        return cls(
+            tokens=max(sum(float(m.sum()) for m in masks), 1.0),
+            sequences=float(sum(m.shape[0] * m.shape[1] for m in masks)),
+            groups=max(sum(float((~z.bool()).sum()) for z in zero_stds), 1.0),
+            max_completion_len=int(max_completion_len),
+        )
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # [] scalar
+    metrics: dict[str, Tensor]  # detached scalars of this micro-batch: kl, clip_frac, skipped_groups, ...
+
+
+# ----------------------------------------------------------------------------------------------
+# token aggregation (ALGORITHMS.md §1 "Aggregation choices")
+
+
+def _seq_mean_token_mean(per_token: Tensor, mask: Tensor, norm: Normalizer) -> Tensor:
+    # GRPO (DeepSeekMath eq. 21): (1/G) sum_i (1/|y_i|) sum_t; length-biased (Dr. GRPO §3.1)
+    seq = per_token.sum(-1) / mask.sum(-1).clamp(min=1)  # [B, G]
+    return seq.sum() / norm.sequences  # []
+
+
+def _token_mean(per_token: Tensor, mask: Tensor, norm: Normalizer) -> Tensor:
+    # DAPO §3.3 token-level policy gradient loss: every token of the step weighs the same
+    return per_token.sum() / norm.tokens  # []
+
+
+def _seq_sum_const(per_token: Tensor, mask: Tensor, norm: Normalizer) -> Tensor:
+    # Dr. GRPO §3.2: divide by a constant (sequences x generation budget), not by |y_i|
+    return per_token.sum() / (norm.sequences * norm.max_completion_len)  # []
+
+
+AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, Normalizer], Tensor]] = {
+    "seq_mean_token_mean": _seq_mean_token_mean,
+    "token_mean": _token_mean,
+    "seq_sum_const": _seq_sum_const,
+}
+
+
+def aggregate(per_token: Tensor, mask: Tensor, mode: str, norm: Normalizer) -> Tensor:
+    """Scalar loss from per-token values [B, G, T]; positions with mask 0 never count (nor their NaN)."""
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {mode!r}; known: {sorted(AGGREGATIONS)}")
+    m = mask.bool()  # [B, G, T]
+    masked = torch.where(m, per_token, torch.zeros_like(per_token))  # [B, G, T]
+    return AGGREGATIONS[mode](masked, m.to(per_token.dtype), norm)  # []
+
+
+# ----------------------------------------------------------------------------------------------
+# shared pieces
+
+
+def _clean(t: Tensor, mask: Tensor) -> Tensor:
+    """Zero the padded positions *before* any arithmetic: padding log-probs may be -inf, and
+    exp(-inf) in a masked slot would still send 0 * inf = NaN into the gradient."""
+    return torch.where(mask.bool(), t, torch.zeros_like(t))  # [B, G, T]
+
+
+def _k3_kl(x: LossInputs) -> Tensor:
+    """Per-token k3 estimator of KL(pi_theta || pi_ref), >= 0 (DeepSeekMath eq. 4, Schulman's k3)."""
+    if x.ref_logp is None:
+        return torch.zeros_like(x.logp)  # [B, G, T]
+    d = _clean(x.ref_logp, x.mask) - _clean(x.logp, x.mask)  # [B, G, T]
+    return torch.exp(d) - d - 1  # [B, G, T]
+
+
+def _masked_mean(v: Tensor, mask: Tensor) -> Tensor:
+    m = mask.to(v.dtype)  # [B, G, T]
+    return ((v * m).sum() / m.sum().clamp(min=1)).detach()  # []
+
+
+def _kl_term(x: LossInputs, cfg: LossConfig) -> tuple[Tensor, Tensor]:
+    """(beta * k3 per token [B, G, T], mean KL metric []). beta == 0 needs no reference log-probs."""
+    if cfg.beta == 0.0:
+        return torch.zeros_like(x.logp), torch.zeros((), dtype=x.logp.dtype, device=x.logp.device)
+    if x.ref_logp is None:
+        raise ValueError(f"loss.beta = {cfg.beta} needs ref_logp (the reference forward), got None")
+    kl = _k3_kl(x)  # [B, G, T]
+    return cfg.beta * kl, _masked_mean(kl, x.mask)
+
+
+def _clip_metrics(ratio: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> dict[str, Tensor]:
+    """Share of tokens where the clip is active (as TRL's clip_ratio/region_mean)."""
+    low = (ratio < 1 - cfg.epsilon_low) & (adv < 0)  # [B, G, T] or [B, G, 1]
+    high = (ratio > 1 + cfg.epsilon_high) & (adv > 0)  # same
+    m = mask.bool()  # [B, G, T]
+    return {
+        "clip_frac": _masked_mean((low | high).expand_as(m).float(), m),
+        "clip_frac_low": _masked_mean(low.expand_as(m).float(), m),
+        "clip_frac_high": _masked_mean(high.expand_as(m).float(), m),
+    }
+
+
+def _clipped_surrogate(ratio: Tensor, adv: Tensor, cfg: LossConfig) -> Tensor:
+    """-min(r A, clip(r, 1-eps_low, 1+eps_high) A), PPO's pessimistic bound (DeepSeekMath eq. 3)."""
+    clipped = torch.clamp(ratio, 1 - cfg.epsilon_low, 1 + cfg.epsilon_high)  # like ratio
+    return -torch.min(ratio * adv, clipped * adv)  # like ratio
+
+
+# ----------------------------------------------------------------------------------------------
+# objectives
+
+
+def clipped_token_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
+    """GRPO (DeepSeekMath §4.1, eq. 3) with token ratios; also Dr. GRPO and DAPO.
+
+    Dr. GRPO (arXiv 2503.20783 §3.2) keeps this objective and changes the advantage (no std),
+    the aggregation (seq_sum_const) and beta (0); DAPO (arXiv 2503.14476 §3.1, §3.3) changes
+    eps_high (0.28) and the aggregation (token_mean). Those are settings, see PRESETS.
+    The k3 KL is added to the per-token loss, not to the reward (DeepSeekMath eq. 3).
+    """
+    logp = _clean(x.logp, x.mask)  # [B, G, T]
+    old = _clean(x.old_logp, x.mask).detach()  # [B, G, T]
+    ratio = torch.exp(logp - old)  # [B, G, T]; == 1 on-policy but carries the gradient
+    adv = x.advantages.detach()[..., None].to(logp.dtype)  # [B, G, 1]
+    kl_tok, kl_mean = _kl_term(x, cfg)  # [B, G, T], []
+    per_token = _clipped_surrogate(ratio, adv, cfg) + kl_tok  # [B, G, T]
+    loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
+    metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(), **_clip_metrics(ratio, adv, x.mask, cfg)}
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+def gspo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
+    """GSPO (arXiv 2507.18071 §4.1, eq. 5-7): one ratio per sequence,
+    s_i = exp(mean_t(logp - old_logp)) (the length-normalised sequence ratio), clipped with the
+    paper's tiny ranges (§5.1: 3e-4 / 4e-4, set by PRESETS). The sequence term is spread over the
+    sequence's tokens and reduced with `aggregate`; with seq_mean_token_mean (the preset) that is
+    exactly the paper's (1/G) sum_i. Differs from GRPO only off-policy (updates_per_rollout > 1).
+    """
+    m = x.mask.to(x.logp.dtype)  # [B, G, T]
+    log_ratio = _clean(x.logp, x.mask) - _clean(x.old_logp, x.mask).detach()  # [B, G, T]
+    seq_log_ratio = log_ratio.sum(-1) / m.sum(-1).clamp(min=1)  # [B, G]
+    ratio = torch.exp(seq_log_ratio)[..., None]  # [B, G, 1]
+    adv = x.advantages.detach()[..., None].to(ratio.dtype)  # [B, G, 1]
+    kl_tok, kl_mean = _kl_term(x, cfg)  # [B, G, T], []
+    per_token = _clipped_surrogate(ratio, adv, cfg).expand_as(log_ratio) + kl_tok  # [B, G, T]
+    loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
+    metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(), **_clip_metrics(ratio, adv, x.mask, cfg)}
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
+    """Reg-GRPO (DeepVideo-R1 arXiv 2506.07464 §3.2, App. A; ALGORITHMS.md §3).
+
+    rho_i = sum_t (logp - old_logp)   (token mean when cfg.reg_ratio == "mean", an ablation)
+    z_i   = (rho_i - mean_g rho) / sqrt(var_g rho + reg_eps)
+    L     = (1/#groups) sum_{groups, zero_std False} (1/G) sum_i (A_i - z_i)^2 + beta * KL
+    No ratio clipping, no min. eps sits *inside* the square root: on-policy every rho_i = 0, and
+    a std computed as sqrt(var) backpropagates 0/0 = NaN (pitfall 1); with eps inside, the
+    gradient there is -(2/(G sqrt(eps))) sum_k A_k grad log pi(y_k). Groups with identical
+    rewards have target 0 and an ill-posed regression: skipped and counted (pitfall 2); the
+    divisor is `norm.groups`, the number of contributing groups in the whole step. The paper's
+    "- beta KL" is a sign typo: the KL is added to the minimised loss (ALGORITHMS.md §3).
+    """
+    m = x.mask.to(x.logp.dtype)  # [B, G, T]
+    log_ratio = _clean(x.logp, x.mask) - _clean(x.old_logp, x.mask).detach()  # [B, G, T]
+    rho = log_ratio.sum(-1)  # [B, G]
+    if cfg.reg_ratio == "mean":
+        rho = rho / m.sum(-1).clamp(min=1)  # [B, G]
+    centred = rho - rho.mean(1, keepdim=True)  # [B, G]
+    var = (centred**2).mean(1, keepdim=True)  # [B, 1] population variance, like the advantage's std
+    z = centred / torch.sqrt(var + cfg.reg_eps)  # [B, G]
+    sq = (x.advantages.detach().to(z.dtype) - z) ** 2  # [B, G]
+    keep = ~x.zero_std.bool()  # [B]
+    per_group = torch.where(keep, sq.mean(1), torch.zeros_like(sq[:, 0]))  # [B]
+    kl_tok, kl_mean = _kl_term(x, cfg)  # [B, G, T], []
+    loss = per_group.sum() / norm.groups + aggregate(kl_tok, x.mask, cfg.aggregation, norm)  # []
+    metrics = {
+        "kl": kl_mean,
+        "skipped_groups": (~keep).sum().detach().float(),
+        "regression_mse": (per_group.sum() / keep.sum().clamp(min=1)).detach(),
+        "rho_std": var.sqrt().mean().detach(),
+    }
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+LOSSES: dict[str, Callable[[LossInputs, LossConfig, Normalizer], LossOutput]] = {
+    "grpo": clipped_token_loss,
+    "dr_grpo": clipped_token_loss,  # same objective; the paper's settings are in PRESETS
+    "dapo": clipped_token_loss,  # same objective; clip-higher and token_mean are in PRESETS
+    "gspo": gspo_loss,
+    "reg_grpo": reg_grpo_loss,
+}
+
+# Settings each paper uses. A config can apply one with `apply_preset`; the trainer uses `cfg` as
+# given and never looks here, so a preset is a starting point, not a hidden override.
+# DAPO's dynamic sampling and overlong penalty live in the sampler and the rewards, not here.
+PRESETS: dict[str, dict[str, object]] = {
+    # DeepSeekMath §4.1 / §5.2: eps 0.2, beta 0.04, group std normalisation
+    "grpo": {"aggregation": "seq_mean_token_mean", "advantage_scale": "group", "epsilon_low": 0.2,
+             "epsilon_high": 0.2, "beta": 0.04},
+    # Dr. GRPO §3.2: no std, constant (generation budget) normaliser, no KL
+    "dr_grpo": {"aggregation": "seq_sum_const", "advantage_scale": "none", "epsilon_low": 0.2,
+                "epsilon_high": 0.2, "beta": 0.0},
+    # DAPO §3.1 clip-higher (0.2 / 0.28), §3.3 token-level loss, no KL (§2.3)
+    "dapo": {"aggregation": "token_mean", "advantage_scale": "group", "epsilon_low": 0.2,
+             "epsilon_high": 0.28, "beta": 0.0},
+    # GSPO §5.1: clipping ranges 3e-4 (left) / 4e-4 (right); sequence-level mean; no KL
+    "gspo": {"aggregation": "seq_mean_token_mean", "advantage_scale": "group", "epsilon_low": 3e-4,
+             "epsilon_high": 4e-4, "beta": 0.0},
+    # DeepVideo-R1 §4 (SEED-Bench-R1 runs): beta 0.1, group z-score target, sum log-ratio, no clip
+    "reg_grpo": {"aggregation": "seq_mean_token_mean", "advantage_scale": "group", "beta": 0.1,
+                 "reg_ratio": "sum"},
+}
+
+
+def apply_preset(cfg: LossConfig, name: str | None = None) -> LossConfig:
+    """A copy of `cfg` with the paper settings of `name` (default: cfg.name) filled in."""
+    import dataclasses
+
+    key = cfg.name if name is None else name
+    if key not in PRESETS:
+        raise ValueError(f"no preset {key!r}; known: {sorted(PRESETS)}")
+    return dataclasses.replace(cfg, name=key, **PRESETS[key])
+
+
+def compute_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
+    """`LOSSES[cfg.name](x, cfg, norm)` with a clear error for an unknown name."""
+    if cfg.name not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.name!r}; known: {sorted(LOSSES)}")
+    return LOSSES[cfg.name](x, cfg, norm)
