@@ -1,0 +1,210 @@
+"""Rollout: sample G completions of one prompt. Kept behind `generate_group` so a faster backend
+(vLLM, SGLang) can replace it without touching the trainer.
+
+Modes:
+- `shared` (default): the vision tower and the prompt prefill run once (batch 1); the KV cache is
+  repeated to G rows and the G completions are decoded together by our own sampling loop. Rows
+  that finish are dropped from the cache, so late steps only pay for live completions.
+- `repeat`: Hugging Face `generate` with `num_return_sequences=G` (prompt prefilled G times).
+
+Both sample from the same distribution: softmax((logits with vision placeholders at -inf) / T),
+restricted by top-k then top-p exactly as transformers' warpers do.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import GenerationConfig as HFGenerationConfig
+
+from mmgrpo.config import GenerationConfig
+from mmgrpo.models.loading import bad_words_ids
+from mmgrpo.processors.sample import PromptInputs
+from mmgrpo.trainer.prefix import base_model, prompt_positions
+
+MODES = ("shared", "repeat")
+
+
+@dataclass
+class Rollout:
+    completion_ids: Tensor  # [G, C] long, right-padded with the pad id
+    completion_mask: Tensor  # [G, C] long, 1 up to and including the EOS token, 0 after
+    truncated: Tensor  # [G] bool, no EOS within max_new_tokens
+    texts: list[str]  # G decoded completions (special tokens skipped)
+
+
+@dataclass
+class SpecialIds:
+    eos: Tensor  # [n_eos] long, any of them ends a completion
+    pad: int  # fills a completion after its EOS
+    banned: Tensor  # [n_banned] long, vision placeholders, never sampled
+
+
+def special_ids(model: torch.nn.Module, processor) -> SpecialIds:
+    """EOS ids from the model's generation config (`<|im_end|>`, `<|endoftext|>` for Qwen)."""
+    tok = processor.tokenizer
+    eos = base_model(model).generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if not eos:
+        eos = [tok.eos_token_id]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    banned = [ids[0] for ids in bad_words_ids(processor)]
+    return SpecialIds(eos=torch.tensor(eos), pad=int(pad), banned=torch.tensor(banned, dtype=torch.long))
+
+
+def generate_group(
+    model: torch.nn.Module,
+    processor,
+    prompt: PromptInputs,
+    num_generations: int,
+    gen: GenerationConfig,
+    generator: torch.Generator | None = None,
+    mode: str = "shared",
+) -> Rollout:
+    """Sample `num_generations` completions of `prompt` (batch 1). `generator` makes sampling
+    deterministic (in `repeat` mode it seeds the global RNG inside a forked RNG state, since
+    `generate` takes no generator). `gen.temperature == 0` means greedy decoding."""
+    if mode not in MODES:
+        raise ValueError(f"unknown rollout mode {mode!r}; expected one of {MODES}")
+    ids = special_ids(model, processor)
+    with torch.no_grad():
+        if mode == "repeat":
+            completion_ids = _generate_repeat(model, prompt, num_generations, gen, ids, generator)  # [G, C]
+        else:
+            completion_ids = _generate_shared(model, prompt, num_generations, gen, ids, generator)  # [G, C]
+    return finalize(completion_ids, ids, processor)
+
+
+def finalize(completion_ids: Tensor, ids: SpecialIds, processor) -> Rollout:
+    """Mask up to and including the first EOS; pad after it; decode."""
+    G, C = completion_ids.shape
+    is_eos = torch.isin(completion_ids, ids.eos.to(completion_ids.device))  # [G, C] bool
+    has_eos = is_eos.any(dim=1)  # [G] bool
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), C)  # [G] long, C = none
+    cols = torch.arange(C, device=completion_ids.device).view(1, -1)  # [1, C]
+    mask = (cols <= first_eos.view(-1, 1)).long()  # [G, C]
+    completion_ids = completion_ids.masked_fill(mask == 0, ids.pad)  # [G, C]
+    texts = processor.tokenizer.batch_decode(
+        [row[: int(m.sum())] for row, m in zip(completion_ids, mask)], skip_special_tokens=True
+    )
+    return Rollout(completion_ids=completion_ids, completion_mask=mask, truncated=~has_eos, texts=texts)
+
+
+def _generate_repeat(
+    model: torch.nn.Module, prompt: PromptInputs, G: int, gen: GenerationConfig, ids: SpecialIds, generator: torch.Generator | None
+) -> Tensor:
+    greedy = gen.temperature == 0
+    # Every sampling option is set explicitly: unset ones would be filled from the checkpoint's
+    # generation_config.json (Qwen2.5-VL ships repetition_penalty=1.05, top_k=1, top_p=0.001),
+    # and the samples would no longer come from the policy the loss assumes.
+    hf_cfg = HFGenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else gen.temperature,
+        top_k=gen.top_k,
+        top_p=gen.top_p,
+        min_p=None if greedy else 0.0,
+        typical_p=1.0,
+        repetition_penalty=1.0,
+        max_new_tokens=gen.max_new_tokens,
+        num_return_sequences=G,
+        eos_token_id=ids.eos.tolist(),
+        pad_token_id=ids.pad,
+        bad_words_ids=[[int(t)] for t in ids.banned],
+    )
+    rng = contextlib.nullcontext() if generator is None else _seeded_global_rng(generator, prompt.input_ids.device)
+    with rng:
+        sequences = model.generate(
+            input_ids=prompt.input_ids,
+            attention_mask=torch.ones_like(prompt.input_ids),
+            mm_token_type_ids=prompt.mm_token_type_ids,
+            generation_config=hf_cfg,
+            **prompt.vision.as_kwargs(),
+        )  # [G, P + C]
+    return sequences[:, prompt.length :]
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(generator: torch.Generator, device: torch.device):
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _generate_shared(
+    model: torch.nn.Module, prompt: PromptInputs, G: int, gen: GenerationConfig, ids: SpecialIds, generator: torch.Generator | None
+) -> Tensor:
+    """Prefill once, repeat the cache G times, decode the G rows together, dropping finished rows."""
+    positions, next_pos = prompt_positions(model, prompt)  # [3, 1, P], first completion position
+    out = model(
+        input_ids=prompt.input_ids,
+        mm_token_type_ids=prompt.mm_token_type_ids,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **prompt.vision.as_kwargs(),
+    )
+    cache = out.past_key_values
+    if cache is None:
+        raise RuntimeError("the model returned no KV cache (gradient checkpointing in train mode disables it); "
+                           "call model.eval() before generate_group")
+    cache.batch_repeat_interleave(G)  # every row continues from the same prompt state
+    logits = out.logits[:, -1].float().expand(G, -1)  # [G, V], identical rows
+    tokens = torch.full((G, gen.max_new_tokens), ids.pad, dtype=torch.long, device=logits.device)  # [G, max_new]
+    alive = torch.arange(G, device=logits.device)  # [n] long, rows still decoding
+    sampler = Sampler(gen, ids.banned.to(logits.device), generator)
+    steps = 0
+    for t in range(gen.max_new_tokens):
+        nxt = sampler(logits)  # [n] long
+        tokens[alive, t] = nxt
+        steps = t + 1
+        still = ~torch.isin(nxt, ids.eos.to(nxt.device))  # [n] bool
+        if steps == gen.max_new_tokens or not bool(still.any()):
+            break
+        if not bool(still.all()):
+            keep = still.nonzero().squeeze(1)  # [n'] long
+            cache.batch_select_indices(keep)
+            alive, nxt = alive[keep], nxt[keep]
+        # every completion token sits at next_pos + t on all three mRoPE axes, whatever the row
+        step_pos = torch.full((3, alive.numel(), 1), next_pos + t, dtype=torch.long, device=nxt.device)  # [3, n, 1]
+        logits = model(input_ids=nxt.view(-1, 1), position_ids=step_pos, past_key_values=cache, use_cache=True).logits[:, -1].float()  # [n, V]
+    return tokens[:, :steps]
+
+
+class Sampler:
+    """Next-token sampling with transformers' semantics: banned ids to -inf, logits / T, top-k
+    (keep scores >= k-th best), top-p (drop the low tail whose mass is <= 1 - p, keep at least
+    one), softmax, multinomial. T == 0: argmax."""
+
+    def __init__(self, gen: GenerationConfig, banned: Tensor, generator: torch.Generator | None):
+        self.temperature = gen.temperature
+        self.top_k = gen.top_k
+        self.top_p = gen.top_p
+        self.banned = banned  # [n_banned] long
+        self.generator = generator
+
+    def distribution(self, logits: Tensor) -> Tensor:
+        """Sampling probabilities [n, V] (fp32) from logits [n, V]; for T == 0, logits after banning."""
+        scores = logits.float().index_fill(-1, self.banned, float("-inf"))  # [n, V]
+        if self.temperature == 0:
+            return scores
+        scores = scores / self.temperature
+        if self.top_k:
+            kth = torch.topk(scores, min(self.top_k, scores.shape[-1]), dim=-1).values[..., -1:]  # [n, 1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, descending=False)  # [n, V]
+            cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)  # [n, V]
+            drop_sorted = cum <= (1 - self.top_p)
+            drop_sorted[..., -1:] = False
+            scores = scores.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        return scores.softmax(dim=-1)
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        dist = self.distribution(logits)  # [n, V]
+        if self.temperature == 0:
+            return dist.argmax(dim=-1)
+        return torch.multinomial(dist, 1, generator=self.generator).squeeze(1)  # [n] long
