@@ -1,6 +1,7 @@
 """The typed sample every dataset format maps to, and the processed prompt the model consumes."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -113,3 +114,28 @@ class PromptInputs:
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[1])
+
+    def to(self, device: torch.device | str) -> "PromptInputs":
+        """Same prompt on `device` (the vision tower casts pixel values to its own dtype)."""
+        if self.input_ids.device == torch.device(device):
+            return self
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            mm_token_type_ids=self.mm_token_type_ids.to(device),
+            vision=self.vision.to(device),
+        )
+
+
+class MediaError(ValueError):
+    """A media file that cannot be used, before we know which sample asked for it. `PromptEncoder`
+    and the loaders turn it into a `BadSampleError` naming the sample."""
+
+    def __init__(self, path: str, reason: str, kind: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.kind = kind  # same categories as BadSampleError.kind
+
+    def for_sample(self, sample_ref: str) -> BadSampleError:
+        return BadSampleError(sample_ref, str(self), self.kind)

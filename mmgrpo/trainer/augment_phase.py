@@ -1,0 +1,84 @@
+"""Difficulty-aware augmentation inside the training step (DeepVideo-R1 §3.3, ALGORITHMS.md §4).
+
+For each group the scheduler compares its mean reward with the replay window: easy groups get a
+perturbed video (harder), hard groups a reasoning hint (easier). The augmented prompt is rolled out
+again (G completions) and trained on with the *original* question's reward (same sample columns).
+Deviation from the paper: the augmented group is added to the batch instead of replacing the
+original; an original flat group has zero advantage and contributes nothing anyway.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from mmgrpo.augment import answer_shown_prompt, hint_prompt, make_hint, perturb
+from mmgrpo.augment.scheduler import Decision
+from mmgrpo.processors.sample import PromptInputs
+from mmgrpo.trainer import checkpoint as ckpt
+from mmgrpo.trainer.batch import Group
+from mmgrpo.trainer.setup import Run
+
+# Seed streams of augmentation work, offset from the prompt streams (global group index < 1e5).
+HARDER_STREAM, EASIER_STREAM, TRACE_STREAM = 100_000, 200_000, 300_000
+
+
+def augment_groups(run: Run, groups: list[Group]) -> list[Group]:
+    from mmgrpo.trainer.loop import rollout_prompt
+
+    sched, cfg = run.augment, run.cfg.augment
+    decisions = [sched.decide(g.sample_id, g.total_reward.nan_to_num(0.0).tolist()) for g in groups]
+    for g in groups:
+        sched.record(g.sample_id, g.texts, g.total_reward.nan_to_num(0.0).tolist())
+    sched.observe([float(g.total_reward.nan_to_num(0.0).mean()) for g in groups])  # after all decisions
+    extra: list[Group] = []
+    for g, d in zip(groups, decisions):
+        if len(extra) >= cfg.max_extra_rollouts:
+            break
+        if d.kind == "none":
+            continue
+        maker = harder_prompt if d.kind == "harder" else easier_prompt
+        prompt = maker(run, g, d)
+        if prompt is None:
+            continue
+        new = rollout_prompt(run, prompt, (HARDER_STREAM if d.kind == "harder" else EASIER_STREAM) + g.stream,
+                             augmentation=d.kind)
+        new.aug_strength = d.strength
+        extra.append(new)
+    return extra
+
+
+def harder_prompt(run: Run, g: Group, d: Decision) -> PromptInputs:
+    """Perturb the decoded frames (noise / masking / ...) with strength growing with |dR|."""
+    gen = torch.Generator().manual_seed(ckpt.step_seed(run.cfg.seed, run.state.step, HARDER_STREAM + g.stream))
+    sample = g.prompt.sample
+    media = run.encoder.load_media(sample)
+    changed = [dataclasses.replace(m, frames=perturb(m.frames, run.cfg.augment.harder, d.strength, gen)) for m in media]
+    return run.encoder.build(sample, changed).to(run.device)
+
+
+def easier_prompt(run: Run, g: Group, d: Decision) -> PromptInputs | None:
+    """A partial reasoning trace as a hint; the trace comes from the best-rewarded completion seen
+    for this sample, else from a rollout with the reference answer in view (§3.3)."""
+    sample = g.prompt.sample
+    trace = run.augment.best_trace(sample.id) or answer_shown_trace(run, g)
+    if trace is None:
+        return None
+    hint = make_hint(trace, d.strength, sample.answer, sample.options, run.cfg.augment.hint_allow_answer)
+    if hint is None:  # nothing but the answer in the trace (e.g. answer-only completions)
+        return None
+    return run.encoder.encode(hint_prompt(sample, hint)).to(run.device)
+
+
+def answer_shown_trace(run: Run, g: Group) -> str | None:
+    from mmgrpo.trainer.loop import rollout_prompt, score
+
+    sample = g.prompt.sample
+    if not sample.answer:
+        return None
+    shown = run.encoder.encode(answer_shown_prompt(sample)).to(run.device)
+    probe = rollout_prompt(run, shown, TRACE_STREAM + g.stream)
+    probe.prompt = dataclasses.replace(probe.prompt, sample=sample)  # scored against the original question
+    score(run, [probe])
+    run.augment.record(sample.id, probe.texts, probe.rewards.nan_to_num(0.0).sum(1).tolist())
+    return run.augment.best_trace(sample.id)

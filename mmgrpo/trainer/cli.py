@@ -1,0 +1,54 @@
+"""`mmgrpo train CONFIG.yaml key=value ...` and `mmgrpo sft CONFIG.yaml key=value ...`."""
+from __future__ import annotations
+
+import sys
+
+from mmgrpo.config import ConfigError, SFTConfig, TrainConfig, load_config
+
+USAGE = """usage: mmgrpo {verb} [CONFIG.yaml] [key=value ...]
+
+Nested keys use dots, e.g. loss.name=grpo optim.lr=1e-5 generation.num_generations=8.
+Lists are comma-separated or YAML: reward.functions=accuracy,format  reward.weights=[1.0,0.5]"""
+
+
+def parse_args(verb: str, argv: list[str]) -> tuple[str | None, list[str]] | None:
+    if argv and argv[0] in ("-h", "--help"):
+        print(USAGE.format(verb=verb))
+        return None
+    if argv and "=" not in argv[0]:
+        return argv[0], argv[1:]
+    return None, argv
+
+
+def _load(cls, verb: str, argv: list[str]):
+    parsed = parse_args(verb, argv)
+    if parsed is None:
+        return None
+    path, overrides = parsed
+    try:
+        return load_config(cls, path, overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"mmgrpo {verb}: config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def train_main(argv: list[str]) -> int:
+    cfg = _load(TrainConfig, "train", argv)
+    if cfg is None:
+        return 0
+    from mmgrpo.trainer.loop import train
+
+    path = train(cfg)
+    print(f"final checkpoint: {path}")
+    return 0
+
+
+def sft_main(argv: list[str]) -> int:
+    cfg = _load(SFTConfig, "sft", argv)
+    if cfg is None:
+        return 0
+    from mmgrpo.trainer.sft import sft
+
+    path = sft(cfg)
+    print(f"SFT checkpoint: {path}  (start RL from it with: mmgrpo train CONFIG init_from={path})")
+    return 0

@@ -1,0 +1,166 @@
+"""The GRPO-family training loop. It reads like the algorithm: one call per phase.
+
+    for step:
+        prompts   = next_prompts(run)             # data order, whole groups per process
+        groups    = rollout(run, prompts)         # G completions per prompt (prompt encoded once)
+        score(run, groups)                        # reward functions -> [G, R]
+        advantages(run, groups)                   # group-normalised advantages
+        groups   += difficulty_update(run, groups)# DA: harder/easier copies of flat groups (§3.3)
+        stats     = policy_update(run, groups)    # loss + backward + optimizer step
+        evaluate / log / save
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mmgrpo.config import TrainConfig
+from mmgrpo.processors.sample import BadSampleError, PromptInputs, Sample
+from mmgrpo.trainer import checkpoint as ckpt
+from mmgrpo.trainer.advantages import compute_advantages
+from mmgrpo.trainer.batch import Group
+from mmgrpo.trainer.metrics import step_metrics
+from mmgrpo.trainer.rollout import generate_group
+from mmgrpo.trainer.setup import Run, save, setup
+from mmgrpo.trainer.update import policy_update
+
+
+def next_prompts(run: Run) -> list[tuple[int, Sample]]:
+    """This step's prompts as (global index in the step, sample). The order is a permutation per
+    epoch seeded by (seed, epoch), so it is reproducible from `state.epoch`/`state.position` alone.
+    Each process takes every world_size-th prompt: groups stay whole on one process."""
+    st, n = run.state, len(run.samples)
+    picked: list[int] = []
+    while len(picked) < run.cfg.prompts_per_step:
+        order = epoch_order(n, run.cfg.seed, st.epoch, run.cfg.data.shuffle)
+        take = order[st.position : st.position + run.cfg.prompts_per_step - len(picked)]
+        picked += take
+        st.position += len(take)
+        if st.position >= n:
+            st.epoch, st.position = st.epoch + 1, 0
+    acc = run.accelerator
+    return [(i, run.samples[j]) for i, j in enumerate(picked) if i % acc.num_processes == acc.process_index]
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    if not shuffle:
+        return list(range(n))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_777 + epoch)).tolist()
+
+
+def encode(run: Run, sample: Sample) -> PromptInputs | None:
+    """A bad sample raises (naming it) unless the user asked for skips: then it is counted."""
+    try:
+        return run.encoder.encode(sample)
+    except BadSampleError:
+        if run.cfg.data.on_bad_sample == "raise":
+            raise
+        run.state.counters["skipped_samples"] = run.state.counters.get("skipped_samples", 0) + 1
+        return None
+
+
+def rollout_prompt(run: Run, prompt: PromptInputs, stream: int, augmentation: str = "none") -> Group:
+    """G completions of one prompt. The generator is seeded per (seed, step, group) so a group's
+    samples do not depend on which process generates it or on what ran before."""
+    run.generator.manual_seed(ckpt.step_seed(run.cfg.seed, run.state.step, stream))
+    policy = run.policy
+    policy.eval()  # no dropout while sampling
+    with torch.no_grad():
+        r = generate_group(policy, run.processor, prompt, run.cfg.generation.num_generations, run.cfg.generation,
+                           generator=run.generator, mode=run.cfg.forward_mode)
+    return Group(prompt, r.completion_ids, r.completion_mask, r.truncated, r.texts, augmentation=augmentation,
+                 stream=stream)
+
+
+def rollout(run: Run, prompts: list[tuple[int, Sample]]) -> list[Group]:
+    groups = []
+    for index, sample in prompts:
+        prompt = encode(run, sample)
+        if prompt is not None:
+            groups.append(rollout_prompt(run, prompt.to(run.device), index))
+    return groups
+
+
+def score(run: Run, groups: list[Group]) -> None:
+    """Reward functions over each group's completions, with the original sample's columns."""
+    for g in groups:
+        sample = g.prompt.sample
+        columns = {k: [v] * g.size for k, v in sample.columns.items()}
+        lengths = g.completion_mask.sum(dim=1).tolist()  # [G]
+        result = run.rewards(g.texts, columns, [sample.id] * g.size, completion_lengths=lengths,
+                             max_completion_length=run.cfg.generation.max_new_tokens)
+        g.rewards = result.values  # [G, R]
+        run.state.counters["reward_errors"] = run.state.counters.get("reward_errors", 0) + result.errors
+
+
+def advantages(run: Run, groups: list[Group]) -> None:
+    if not groups:
+        return
+    rewards = torch.stack([g.rewards for g in groups])  # [B, G, R]
+    a = compute_advantages(rewards, run.cfg.reward.weights, run.cfg.reward.combine,
+                           run.cfg.loss.advantage_scale, run.cfg.loss.adv_eps)
+    for i, g in enumerate(groups):
+        g.total_reward, g.advantages, g.zero_std = a.total[i], a.advantages[i], bool(a.zero_std[i])  # [G], [G]
+
+
+def difficulty_update(run: Run, groups: list[Group]) -> list[Group]:
+    """DeepVideo-R1 §3.3 difficulty-aware augmentation; no-op unless augment.enabled."""
+    if run.augment is None:
+        return []
+    from mmgrpo.trainer.augment_phase import augment_groups
+
+    extra = augment_groups(run, groups)
+    score(run, extra)
+    advantages(run, groups + extra)  # batch-level scaling must see the final batch
+    return extra
+
+
+def train(cfg: TrainConfig, run: Run | None = None) -> Path:
+    """Run GRPO-family training; returns the final checkpoint folder."""
+    run = run or setup(cfg)
+    acc = run.accelerator
+    bar = tqdm(total=cfg.max_steps, initial=run.state.step, disable=not (cfg.progress_bar and acc.is_main_process))
+    last = None
+    while run.state.step < cfg.max_steps:
+        t0 = time.perf_counter()
+        torch.manual_seed(ckpt.step_seed(cfg.seed, run.state.step, 10_000 + acc.process_index))
+        groups = rollout(run, next_prompts(run))
+        score(run, groups)
+        advantages(run, groups)
+        extra = difficulty_update(run, groups)
+        stats = policy_update(run, groups + extra)
+        run.state.step += 1
+        metrics = step_metrics(run, groups, extra, stats, time.perf_counter() - t0)
+        if run.eval_samples and cfg.eval.every and run.state.step % cfg.eval.every == 0:
+            metrics.update(evaluate_heldout(run))
+        if run.state.step % cfg.log_every == 0:
+            run.logger.log(run.state.step, metrics)
+        if cfg.sample_every and run.state.step % cfg.sample_every == 0:
+            run.logger.log_samples(run.state.step, sample_records(groups[:2]))
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics['loss']:.4f}")
+        if cfg.save_every and run.state.step % cfg.save_every == 0:
+            last = save(run)
+    if last is None or run.state.step % max(cfg.save_every, 1):
+        last = save(run)
+    bar.close()
+    run.logger.close()
+    return last or ckpt.checkpoint_dir(cfg.output_dir, run.state.step)
+
+
+def evaluate_heldout(run: Run) -> dict[str, float]:
+    from mmgrpo.eval.runner import evaluate
+
+    result = evaluate(run.policy, run.processor, run.eval_samples, run.cfg.eval, run.cfg.vision, progress=False)
+    return {f"eval/{k}": v for k, v in result.flat_metrics().items()}
+
+
+def sample_records(groups: list[Group]) -> list[dict]:
+    return [
+        {"id": g.sample_id, "completion": t, "reward": float(r)}
+        for g in groups
+        for t, r in zip(g.texts, g.total_reward.tolist())
+    ]

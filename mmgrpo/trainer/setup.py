@@ -1,0 +1,151 @@
+"""Build everything a run needs, once: model (+LoRA, reference), processor and prompt encoder, data,
+optimizer and LR schedule, rewards, augmentation scheduler, logger; and restore it on resume."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from transformers import ProcessorMixin
+
+from mmgrpo.config import LoraConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
+from mmgrpo.models.loading import (
+    Reference,
+    load_base_model,
+    load_processor,
+    make_reference,
+    prepare_policy,
+    trainable_parameters,
+)
+from mmgrpo.processors.sample import Sample
+from mmgrpo.trainer import checkpoint as ckpt
+from mmgrpo.trainer.logger import MetricsLogger
+
+
+@dataclass
+class Run:
+    """The live objects of a training run. Plain composition: each phase takes what it needs."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module  # the policy (possibly wrapped by accelerate)
+    processor: ProcessorMixin
+    encoder: Any  # mmgrpo.processors.encode.PromptEncoder
+    reference: Reference | None  # None when beta == 0
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LambdaLR
+    rewards: Any  # mmgrpo.trainer.rewards.RewardRunner
+    samples: list[Sample]
+    eval_samples: list[Sample]
+    generator: torch.Generator  # all rollout sampling draws from this; reseeded each step
+    state: ckpt.TrainerState
+    logger: MetricsLogger
+    augment: Any | None  # mmgrpo.augment.DifficultyScheduler when cfg.augment.enabled
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The unwrapped policy, for generation and saving."""
+        return self.accelerator.unwrap_model(self.model)
+
+
+def lr_lambda(optim: OptimConfig, max_steps: int):
+    """Linear warm-up, then constant or cosine decay to 0 (per optimizer step)."""
+
+    def f(step: int) -> float:
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        if optim.schedule == "constant":
+            return 1.0
+        progress = (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path | None, device) -> torch.nn.Module:
+    """Policy from the base, or from a checkpoint (`init_from` / resume): a full-weights checkpoint is
+    a model folder; an adapter checkpoint is loaded onto the base and stays trainable."""
+    if start_from is not None and ckpt.is_adapter_checkpoint(start_from):
+        from peft import PeftModel
+
+        base = load_base_model(model_cfg, device)
+        model = PeftModel.from_pretrained(base, str(start_from), is_trainable=True)
+        return prepare_policy(model_cfg, dataclasses.replace(lora_cfg, enabled=False), device, model=model)
+    if start_from is not None:
+        model_cfg = dataclasses.replace(model_cfg, name_or_path=str(start_from))
+    return prepare_policy(model_cfg, lora_cfg, device)
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("no trainable parameters: check lora.enabled / model.freeze_vision")
+    opt = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    total = max_steps * optim.updates_per_rollout
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(optim, total))
+
+
+def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], dict[str, int]]:
+    from mmgrpo.processors.formats import load_samples_from_config
+
+    train = load_samples_from_config(cfg.data, split="train")
+    held = load_samples_from_config(cfg.data, split="eval") if cfg.data.eval else None
+    if not train.samples:
+        raise ValueError(f"data.train {cfg.data.train}: no usable samples")
+    counters = {"skipped_samples": len(train.skipped) + (len(held.skipped) if held else 0)}
+    return train.samples, (held.samples if held else []), counters
+
+
+def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
+    from mmgrpo.processors.cache import MediaCache
+    from mmgrpo.processors.encode import PromptEncoder
+    from mmgrpo.trainer.rewards import RewardRunner, load_reward
+
+    accelerator = accelerator or Accelerator()
+    torch.manual_seed(cfg.seed)
+    resume = ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
+    start = resume or (Path(cfg.init_from) if cfg.init_from else None)
+    processor = load_processor(str(start or cfg.model.name_or_path), cfg.model.trust_remote_code)
+    model = build_policy(cfg.model, cfg.lora, start, accelerator.device)
+    reference = make_reference(model, cfg.loss.beta)
+    optimizer, lr_sched = build_optimizer(model, cfg.optim, cfg.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    samples, eval_samples, counters = load_data(cfg)
+    state = ckpt.TrainerState(counters=counters, config=to_dict(cfg), kind="grpo")
+    generator = torch.Generator()  # reseeded every step from (seed, step, rank): ckpt.step_seed
+    augment = None
+    if cfg.augment.enabled:
+        from mmgrpo.augment import DifficultyScheduler
+
+        augment = DifficultyScheduler(cfg.augment)
+    if resume is not None:
+        state = ckpt.load_trainer_state(resume)
+        ckpt.load_optimizer_state(resume, optimizer)
+        lr_sched.load_state_dict(state.lr_scheduler)
+        if augment is not None and state.augment is not None:
+            augment.load_state_dict(state.augment)
+    encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
+    rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error)
+    logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process)
+    return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
+               samples, eval_samples, generator, state, logger, augment)
+
+
+def save(run: Run) -> Path | None:
+    """Main process writes; every process waits so no one reads a half-written checkpoint."""
+    run.state.lr_scheduler = run.lr_scheduler.state_dict()
+    run.state.augment = run.augment.state_dict() if run.augment is not None else None
+    path = None
+    if run.accelerator.is_main_process:
+        path = ckpt.save_checkpoint(run.cfg.output_dir, run.state, run.policy, run.processor, run.optimizer,
+                                    run.cfg.save_total_limit)
+    run.accelerator.wait_for_everyone()
+    return path

@@ -1,0 +1,95 @@
+"""SFT warm-up: cross-entropy on the assistant's reference answer only (prompt tokens, vision
+included, are context, not targets). Writes a checkpoint `mmgrpo train init_from=...` starts from:
+SFT then GRPO, as in the DeepSeek pipeline (DeepSeekMath §4, DeepSeek-R1 cold start)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from mmgrpo.config import SFTConfig, to_dict
+from mmgrpo.models.loading import load_processor
+from mmgrpo.processors.sample import PromptInputs, Sample
+from mmgrpo.trainer import checkpoint as ckpt
+from mmgrpo.trainer.logger import MetricsLogger
+from mmgrpo.trainer.logprobs import group_logprobs
+from mmgrpo.trainer.loop import epoch_order
+from mmgrpo.trainer.setup import build_optimizer, build_policy
+
+
+def target_ids(processor, sample: Sample, template: str) -> torch.Tensor:
+    """The assistant turn's tokens: template filled with the reference answer, then <|im_end|>."""
+    if sample.answer is None:
+        raise ValueError(f"sample {sample.ref}: SFT needs a reference answer")
+    text = template.format(answer=sample.answer) + "<|im_end|>"
+    return torch.tensor([processor.tokenizer(text, add_special_tokens=False)["input_ids"]])  # [1, C]
+
+
+def sft_loss(model: torch.nn.Module, batch: list[tuple[PromptInputs, torch.Tensor]]) -> tuple[torch.Tensor, int]:
+    """Mean token negative log-likelihood over the batch's target tokens. Each example goes through
+    the same log-prob forward the RL trainer uses (a group of one), so both see identical inputs."""
+    total, count = 0.0, 0
+    for prompt, ids in batch:  # ids: [1, C]
+        mask = torch.ones_like(ids)  # [1, C]
+        logp = group_logprobs(model, prompt, ids, mask, mode="repeat")  # [1, C]
+        total = total - logp.sum()
+        count += int(mask.sum())
+    return total / max(count, 1), count
+
+
+def sft(cfg: SFTConfig) -> Path:
+    from mmgrpo.processors.cache import MediaCache
+    from mmgrpo.processors.encode import PromptEncoder
+    from mmgrpo.processors.formats import load_samples_from_config
+
+    acc = Accelerator()
+    torch.manual_seed(cfg.seed)
+    processor = load_processor(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    model = build_policy(cfg.model, cfg.lora, None, acc.device)
+    optimizer, sched = build_optimizer(model, cfg.optim, cfg.max_steps)
+    model, optimizer = acc.prepare(model, optimizer)
+    samples = load_samples_from_config(cfg.data, split="train").samples
+    encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
+    logger = MetricsLogger(cfg.output_dir, ["jsonl"], to_dict(cfg), enabled=acc.is_main_process)
+    state = ckpt.TrainerState(config=to_dict(cfg), kind="sft")
+    model.train()
+    for step in tqdm(range(cfg.max_steps), disable=not cfg.progress_bar, desc="sft"):
+        batch = []
+        for s in next_batch(state, samples, cfg.batch_size, cfg.seed, cfg.data.shuffle):
+            batch.append((encoder.encode(s).to(acc.device), target_ids(processor, s, cfg.target_template).to(acc.device)))
+        loss, tokens = sft_loss(model, batch)
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        optimizer.step()
+        sched.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step = step + 1
+        if state.step % cfg.log_every == 0:
+            logger.log(state.step, {"sft/loss": float(loss), "grad_norm": float(grad_norm), "tokens": tokens})
+        if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.max_steps:
+            _save(cfg, state, acc, model, processor, optimizer, sched)
+    logger.close()
+    return _save(cfg, state, acc, model, processor, optimizer, sched)
+
+
+def next_batch(state: ckpt.TrainerState, samples: list[Sample], size: int, seed: int, shuffle: bool) -> list[Sample]:
+    out = []
+    while len(out) < size:
+        order = epoch_order(len(samples), seed, state.epoch, shuffle)
+        take = order[state.position : state.position + size - len(out)]
+        out += [samples[i] for i in take]
+        state.position += len(take)
+        if state.position >= len(samples):
+            state.epoch, state.position = state.epoch + 1, 0
+    return out
+
+
+def _save(cfg, state, acc, model, processor, optimizer, sched) -> Path:
+    state.lr_scheduler = sched.state_dict()
+    path = ckpt.checkpoint_dir(cfg.output_dir, state.step)
+    if acc.is_main_process:
+        path = ckpt.save_checkpoint(cfg.output_dir, state, acc.unwrap_model(model), processor, optimizer)
+    acc.wait_for_everyone()
+    return path
