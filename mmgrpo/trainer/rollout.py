@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from transformers import Cache
 from transformers import GenerationConfig as HFGenerationConfig
 
 from mmgrpo.config import GenerationConfig
@@ -134,11 +135,10 @@ def _seeded_global_rng(generator: torch.Generator, device: torch.device):
         yield
 
 
-def _generate_shared(
-    model: torch.nn.Module, prompt: PromptInputs, G: int, gen: GenerationConfig, ids: SpecialIds, generator: torch.Generator | None
-) -> Tensor:
-    """Prefill once, repeat the cache G times, decode the G rows together, dropping finished rows."""
-    positions, next_pos = prompt_positions(model, prompt)  # [3, 1, P], first completion position
+def prefill_shared(model: torch.nn.Module, prompt: PromptInputs, G: int) -> tuple[Cache, Tensor, int]:
+    """Vision tower + prompt prefill once (batch 1), then the KV cache repeated to G rows.
+    Returns (cache, first-step logits [G, V] fp32, position of the first completion token)."""
+    positions, next_pos = prompt_positions(model, prompt)  # [3, 1, P], int
     out = model(
         input_ids=prompt.input_ids,
         mm_token_type_ids=prompt.mm_token_type_ids,
@@ -149,10 +149,19 @@ def _generate_shared(
     )
     cache = out.past_key_values
     if cache is None:
-        raise RuntimeError("the model returned no KV cache (gradient checkpointing in train mode disables it); "
-                           "call model.eval() before generate_group")
+        raise RuntimeError(
+            "the model returned no KV cache (gradient checkpointing in train mode disables it); "
+            "call model.eval() before generate_group"
+        )
     cache.batch_repeat_interleave(G)  # every row continues from the same prompt state
-    logits = out.logits[:, -1].float().expand(G, -1)  # [G, V], identical rows
+    return cache, out.logits[:, -1].float().expand(G, -1), next_pos
+
+
+def _generate_shared(
+    model: torch.nn.Module, prompt: PromptInputs, G: int, gen: GenerationConfig, ids: SpecialIds, generator: torch.Generator | None
+) -> Tensor:
+    """Prefill once, repeat the cache G times, decode the G rows together, dropping finished rows."""
+    cache, logits, next_pos = prefill_shared(model, prompt, G)  # cache of G rows, [G, V], int
     tokens = torch.full((G, gen.max_new_tokens), ids.pad, dtype=torch.long, device=logits.device)  # [G, max_new]
     alive = torch.arange(G, device=logits.device)  # [n] long, rows still decoding
     sampler = Sampler(gen, ids.banned.to(logits.device), generator)
@@ -170,7 +179,8 @@ def _generate_shared(
             alive, nxt = alive[keep], nxt[keep]
         # every completion token sits at next_pos + t on all three mRoPE axes, whatever the row
         step_pos = torch.full((3, alive.numel(), 1), next_pos + t, dtype=torch.long, device=nxt.device)  # [3, n, 1]
-        logits = model(input_ids=nxt.view(-1, 1), position_ids=step_pos, past_key_values=cache, use_cache=True).logits[:, -1].float()  # [n, V]
+        out = model(input_ids=nxt.view(-1, 1), position_ids=step_pos, past_key_values=cache, use_cache=True)
+        logits = out.logits[:, -1].float()  # [n, V]
     return tokens[:, :steps]
 
 
