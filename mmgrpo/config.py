@@ -100,6 +100,9 @@ class LossConfig:
     reg_eps: float = 1e-6  # Reg-GRPO: eps inside the square root (ALGORITHMS.md §3 pitfall 1)
     reg_ratio: Literal["sum", "mean"] = "sum"  # Reg-GRPO sequence log-ratio: token sum (paper) or mean
     adv_eps: float = 1e-4
+    # k3 KL times the (differentiable) importance ratio: unbiased reverse-KL gradient (DeepSeek-V3.2,
+    # TRL's use_bias_correction_kl); False = DeepSeekMath's plain k3 (ALGORITHMS.md §1)
+    kl_importance_weight: bool = False
 
 
 @dataclass
