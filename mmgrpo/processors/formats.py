@@ -1,0 +1,387 @@
+"""Dataset rows -> `Sample`s. Three formats, one result.
+
+Files: JSONL, JSON (a list of rows), parquet, a `datasets.Dataset`, or a folder written by
+`Dataset.save_to_disk`. Formats (`fmt="auto"` picks per row by its columns):
+
+- trl:   `prompt` (chat messages, or a plain string) + `image`/`images` and `video`/`videos`
+         columns; content items `{"type": "image"}` / `{"type": "video"}` take the next entry of
+         those columns, `{"type": "video", "video": path, "fps": 1}` items carry their own.
+- swift: `messages` with `<image>` / `<video>` tags in the text + `images` / `videos` columns; an
+         assistant message is the answer, else the `solution` column (`<answer>B</answer>` ok).
+- plain: `question`, `answer`, `video` or `image` (or `videos` / `images`), optional `options`,
+         `problem_type`, `id`.
+
+All three give the same `Sample` for the same question: user content = the media placeholders
+in order, then text items. Plain rows build their text as the question, then the options one per
+line ("A. text", see `fields.normalize_options`); trl and swift text is taken as written (tags
+split out, surrounding whitespace stripped), so write options there the same way for equal
+samples. `source` and `columns` always differ between formats: `columns` keeps every column of the
+row (answer / solution included) for reward functions. Per-sample media options (`fps`, `nframes`,
+`min_pixels`, `max_pixels`, `total_pixels`, `start`, `end`, ...) come from columns and, refining
+those, from content items. `DataConfig.system_prompt` is added when a row has no system message of
+its own; `prompt_suffix` goes on a new line after the last user text.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mmgrpo.config import DataConfig
+from mmgrpo.processors.fields import (
+    answer_text,
+    choice_letter,
+    infer_problem_type,
+    media_options,
+    normalize_options,
+    render_options,
+)
+from mmgrpo.processors.image import check_file
+from mmgrpo.processors.sample import BadSampleError, Media, MediaError, MediaOptions, Sample
+from mmgrpo.processors.video import VIDEO_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+_TAG = re.compile(r"(<image>|<video>)")
+_UNSUPPORTED_COLUMNS = ("audio", "audios")
+
+
+@dataclass
+class LoadResult:
+    samples: list[Sample]
+    skipped: list[BadSampleError] = field(default_factory=list)  # with on_bad_sample="skip"
+
+
+@dataclass
+class _Row:
+    """One row being converted: where it came from, how errors name it."""
+
+    data: dict[str, Any]
+    index: int
+    source: str
+    base_dir: str
+
+    @property
+    def id(self) -> str:
+        value = self.data.get("id")  # optional column; absent -> file stem and row
+        return str(value) if value is not None else f"{Path(self.source).stem or 'row'}-{self.index}"
+
+    @property
+    def ref(self) -> str:
+        return Sample(id=self.id, prompt=[], media=[], answer=None, problem_type="exact", index=self.index, source=self.source).ref
+
+    def bad(self, reason: str, kind: str = "bad_column") -> BadSampleError:
+        return BadSampleError(self.ref, reason, kind)
+
+
+# -- reading files -------------------------------------------------------------------------------
+
+
+def read_rows(source: Any, split: str | None = None) -> tuple[list[Any], str, str]:
+    """(rows, source name, folder that relative media paths resolve against)."""
+    import datasets
+
+    if isinstance(source, datasets.Dataset):
+        return list(source), f"<dataset {source.info.dataset_name or 'in memory'}>", os.getcwd()
+    path = Path(source)
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            names = list(loaded)
+            if split is None and len(names) != 1:
+                raise ValueError(f"{path} holds splits {names}; pass split=")
+            loaded = loaded[split or names[0]]
+        return list(loaded), str(path), str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    base = str(path.parent.resolve())
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return [_json_line(line) for line in path.read_text().splitlines() if line.strip()], str(path), base
+    if suffix == ".json":
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: a JSON dataset must be a list of rows, got {type(rows).__name__}")
+        return rows, str(path), base
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist(), str(path), base
+    raise ValueError(f"{path}: unsupported dataset file type {suffix!r} (jsonl, json, parquet, or a datasets folder)")
+
+
+def _json_line(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        return e  # reported as a bad row, so on_bad_sample="skip" can skip it
+
+
+# -- media columns ------------------------------------------------------------------------------
+
+
+def _entries(row: _Row, *names: str) -> list[Any]:
+    """Media entries of the first present column: a plural column is a list of items (each a path
+    or a list of frame paths), a singular one a single item."""
+    for name in names:
+        value = row.data.get(name)
+        if value is None:
+            continue
+        if name.endswith("s"):
+            if not isinstance(value, (list, tuple)):
+                raise row.bad(f"column {name!r} must be a list, got {type(value).__name__}")
+            return list(value)
+        return [value]
+    return []
+
+
+def _resolve(row: _Row, value: Any, kind: str) -> str | list[str]:
+    if isinstance(value, dict) and isinstance(value.get("path"), str):  # datasets' {"bytes", "path"}
+        value = value["path"]
+    if kind == "video" and isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return [_resolve(row, v, "frame") for v in value]
+    if not isinstance(value, str) or not value:
+        raise row.bad(
+            f"{kind} entry must be a file path (embedded image data is not supported), got {type(value).__name__}",
+            "unsupported_media" if value is not None else "bad_column",
+        )
+    if value.startswith(("http://", "https://")):
+        raise row.bad(f"remote {kind} {value!r} is not supported: download it first", "unsupported_media")
+    path = value[len("file://"):] if value.startswith("file://") else value
+    path = os.path.normpath(os.path.join(row.base_dir, os.path.expanduser(path)))
+    _check_media_path(row, path, kind)
+    return path
+
+
+def _check_media_path(row: _Row, path: str, kind: str) -> None:
+    try:
+        check_file(path)
+    except MediaError as e:
+        raise e.for_sample(row.ref) from e
+    is_video_file = path.lower().endswith(VIDEO_EXTENSIONS)
+    if kind in ("image", "frame") and (is_video_file or os.path.isdir(path)):
+        raise row.bad(f"{path}: an {kind} must be an image file", "unsupported_media")
+    if kind == "video" and not os.path.isdir(path) and not is_video_file:
+        raise row.bad(f"{path}: unsupported video type {Path(path).suffix!r}", "unsupported_media")
+
+
+class _Pool:
+    """The entries of a media column, handed out to placeholders in order."""
+
+    def __init__(self, row: _Row, kind: str, entries: list[Any]):
+        self.row, self.kind, self.entries, self.used = row, kind, entries, 0
+
+    def take(self) -> Any:
+        if self.used >= len(self.entries):
+            raise self.row.bad(f"prompt has more {self.kind} placeholders than the {self.kind} column has entries ({len(self.entries)})")
+        self.used += 1
+        return self.entries[self.used - 1]
+
+    def check_all_used(self) -> None:
+        if self.used != len(self.entries):
+            raise self.row.bad(f"{len(self.entries)} {self.kind} entries but {self.used} {self.kind} placeholders in the prompt")
+
+
+# -- the three formats ----------------------------------------------------------------------------
+
+
+def _messages(row: _Row, column: str) -> list[dict]:
+    messages = row.data[column]
+    if isinstance(messages, str) and column == "prompt":
+        return [{"role": "user", "content": messages}]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+        raise row.bad(f"column {column!r} must be a list of {{'role', 'content'}} messages")
+    return messages
+
+
+def _split_answer(messages: list[dict]) -> tuple[list[dict], Any]:
+    """A trailing assistant message is the reference answer, not part of the prompt."""
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[:-1], _text_of(messages[-1]["content"])
+    return messages, None
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(item.get("text", "") for item in content if isinstance(item, dict))
+
+
+def _trl(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any]:
+    messages, answer = _split_answer(_messages(row, "prompt"))
+    pools = {"image": _Pool(row, "image", _entries(row, "images", "image")),
+             "video": _Pool(row, "video", _entries(row, "videos", "video"))}
+    if len(messages) == 1 and isinstance(messages[0]["content"], str):  # plain-string prompt: media first
+        messages = [{"role": "user", "content": [{"type": k} for k in ("image", "video") for _ in pools[k].entries]
+                     + [{"type": "text", "text": messages[0]["content"]}]}]
+    out, media = [], []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str) and message["role"] != "user":
+            out.append({"role": message["role"], "content": content})
+            continue
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        items = []
+        for item in content:
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind == "text":
+                items.append({"type": "text", "text": str(item.get("text", ""))})
+            elif kind in ("image", "video"):
+                value = item[kind] if item.get(kind) is not None else pools[kind].take()
+                media.append(Media(kind, _resolve(row, value, kind), media_options(item, row.ref, options)))
+                items.append({"type": kind})
+            else:
+                raise row.bad(f"unsupported content item type {kind!r}", "unsupported_media")
+        out.append({"role": message["role"], "content": items})
+    for pool in pools.values():
+        pool.check_all_used()
+    return out, media, _first(row.data.get("answer"), row.data.get("solution"), answer)
+
+
+def _swift(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any]:
+    messages, answer = _split_answer(_messages(row, "messages"))
+    pools = {"image": _Pool(row, "image", _entries(row, "images")), "video": _Pool(row, "video", _entries(row, "videos"))}
+    out, media = [], []
+    for message in messages:
+        if not isinstance(message["content"], str):
+            raise row.bad("ms-swift messages must have string content with <image>/<video> tags")
+        if message["role"] != "user":
+            out.append({"role": message["role"], "content": message["content"]})
+            continue
+        items = []
+        for piece in _TAG.split(message["content"]):
+            if piece in ("<image>", "<video>"):
+                kind = piece[1:-1]
+                media.append(Media(kind, _resolve(row, pools[kind].take(), kind), options))
+                items.append({"type": kind})
+            elif piece.strip():
+                items.append({"type": "text", "text": piece.strip()})
+        out.append({"role": "user", "content": items})
+    for pool in pools.values():
+        pool.check_all_used()
+    return out, media, _first(answer, row.data.get("solution"), row.data.get("answer"))
+
+
+def _plain(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any]:
+    question = row.data["question"]
+    if not isinstance(question, str) or not question.strip():
+        raise row.bad(f"column 'question' must be a non-empty string, got {question!r}"[:200])
+    media = [Media("image", _resolve(row, v, "image"), options) for v in _entries(row, "images", "image")]
+    media += [Media("video", _resolve(row, v, "video"), options) for v in _entries(row, "videos", "video")]
+    opts = normalize_options(row.data.get("options"), row.ref)
+    text = render_options(question, opts) if opts else question.strip()
+    content = [{"type": m.kind} for m in media] + [{"type": "text", "text": text}]
+    return [{"role": "user", "content": content}], media, row.data.get("answer")
+
+
+def _first(*values: Any) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+FORMATS: dict[str, Callable[[_Row, MediaOptions], tuple[list[dict], list[Media], Any]]] = {
+    "trl": _trl, "swift": _swift, "plain": _plain,
+}
+
+
+def detect_format(row: dict) -> str | None:
+    if "prompt" in row:
+        return "trl"
+    if "messages" in row:
+        return "swift"
+    if "question" in row:
+        return "plain"
+    return None
+
+
+# -- rows -> samples ------------------------------------------------------------------------------
+
+
+def _finish_prompt(messages: list[dict], system_prompt: str | None, prompt_suffix: str) -> list[dict]:
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    if prompt_suffix:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        content = list(messages[last]["content"])
+        texts = [i for i, c in enumerate(content) if c["type"] == "text"]
+        if texts:
+            content[texts[-1]] = {"type": "text", "text": content[texts[-1]]["text"] + "\n" + prompt_suffix}
+        else:
+            content.append({"type": "text", "text": prompt_suffix})
+        messages = [*messages[:last], {"role": "user", "content": content}, *messages[last + 1:]]
+    return messages
+
+
+def row_to_sample(row: _Row, fmt: str, system_prompt: str | None, prompt_suffix: str) -> Sample:
+    if isinstance(row.data, Exception):
+        raise BadSampleError(f"(row {row.index} in {row.source})", f"not valid JSON: {row.data}", "bad_column")
+    if not isinstance(row.data, dict):
+        raise BadSampleError(f"(row {row.index} in {row.source})", f"a row must be an object, got {type(row.data).__name__}", "bad_column")
+    kind = detect_format(row.data) if fmt == "auto" else fmt
+    if kind is None:
+        raise row.bad(f"cannot tell the format from columns {sorted(row.data)} (need prompt, messages or question)")
+    required = {"trl": "prompt", "swift": "messages", "plain": "question"}[kind]
+    if required not in row.data:
+        raise row.bad(f"{kind} format needs column {required!r}; columns are {sorted(row.data)}")
+    if any(row.data.get(c) for c in _UNSUPPORTED_COLUMNS):
+        raise row.bad("audio inputs are not supported", "unsupported_media")
+    messages, media, raw_answer = FORMATS[kind](row, media_options(row.data, row.ref))
+    if not any(m["role"] == "user" for m in messages):
+        raise row.bad("the prompt has no user message")
+    answer = answer_text(raw_answer)
+    options = normalize_options(row.data.get("options"), row.ref)
+    if options and answer is not None:
+        answer = choice_letter(answer, options)
+    return Sample(
+        id=row.id,
+        prompt=_finish_prompt(messages, system_prompt, prompt_suffix),
+        media=media,
+        answer=answer,
+        problem_type=infer_problem_type(row.data.get("problem_type"), answer, options, row.ref),
+        options=options,
+        columns=dict(row.data),
+        index=row.index,
+        source=row.source,
+    )
+
+
+def load_samples(
+    source: Any,
+    fmt: str = "auto",
+    on_bad_sample: str = "raise",
+    system_prompt: str | None = None,
+    prompt_suffix: str = "",
+    split: str | None = None,
+) -> LoadResult:
+    """Every row of `source` as a `Sample`. A bad row raises BadSampleError, or with
+    `on_bad_sample="skip"` is logged and returned in `skipped`."""
+    if fmt not in ("auto", *FORMATS):
+        raise ValueError(f"format {fmt!r} is not one of auto, {', '.join(FORMATS)}")
+    rows, name, base_dir = read_rows(source, split)
+    result = LoadResult(samples=[])
+    for index, data in enumerate(rows):
+        try:
+            result.samples.append(row_to_sample(_Row(data, index, name, base_dir), fmt, system_prompt, prompt_suffix))
+        except BadSampleError as e:
+            if on_bad_sample != "skip":
+                raise
+            log.warning("skipping %s", e)
+            result.skipped.append(e)
+    if result.skipped:
+        log.warning("%s: skipped %d of %d rows", name, len(result.skipped), len(rows))
+    return result
+
+
+def load_samples_from_config(data_cfg: DataConfig, split: str = "train") -> LoadResult:
+    """All files of `data_cfg.train` (or `.eval`), concatenated in order."""
+    files = {"train": data_cfg.train, "eval": data_cfg.eval}[split]
+    total = LoadResult(samples=[])
+    for path in files:
+        part = load_samples(path, data_cfg.format, data_cfg.on_bad_sample, data_cfg.system_prompt, data_cfg.prompt_suffix)
+        total.samples.extend(part.samples)
+        total.skipped.extend(part.skipped)
+    return total
