@@ -154,14 +154,19 @@ def _masked_mean(v: Tensor, mask: Tensor) -> Tensor:
     return ((v * m).sum() / m.sum().clamp(min=1)).detach()  # []
 
 
-def _kl_term(x: LossInputs, cfg: LossConfig) -> tuple[Tensor, Tensor]:
-    """(beta * k3 per token [B, G, T], mean KL metric []). beta == 0 needs no reference log-probs."""
+def _kl_term(x: LossInputs, cfg: LossConfig, ratio: Tensor) -> tuple[Tensor, Tensor]:
+    """(beta * k3 per token [B, G, T], mean KL metric []). beta == 0 needs no reference log-probs.
+
+    `ratio` ([B, G, T] or [B, G, 1], pi_theta / pi_old) weights the k3 term when
+    cfg.kl_importance_weight: samples come from pi_old, and the weight makes the KL gradient the
+    unbiased reverse-KL gradient (DeepSeek-V3.2 report, arXiv 2512.02556); it changes the gradient even on-policy."""
     if cfg.beta == 0.0:
         return torch.zeros_like(x.logp), torch.zeros((), dtype=x.logp.dtype, device=x.logp.device)
     if x.ref_logp is None:
         raise ValueError(f"loss.beta = {cfg.beta} needs ref_logp (the reference forward), got None")
     kl = _k3_kl(x)  # [B, G, T]
-    return cfg.beta * kl, _masked_mean(kl, x.mask)
+    weighted = kl * ratio if cfg.kl_importance_weight else kl  # [B, G, T]
+    return cfg.beta * weighted, _masked_mean(kl, x.mask)
 
 
 def _clip_metrics(ratio: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig) -> dict[str, Tensor]:
@@ -198,7 +203,7 @@ def clipped_token_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> Loss
     old = _clean(x.old_logp, x.mask).detach()  # [B, G, T]
     ratio = torch.exp(logp - old)  # [B, G, T]; == 1 on-policy but carries the gradient
     adv = x.advantages.detach()[..., None].to(logp.dtype)  # [B, G, 1]
-    kl_tok, kl_mean = _kl_term(x, cfg)  # [B, G, T], []
+    kl_tok, kl_mean = _kl_term(x, cfg, ratio)  # [B, G, T], []
     per_token = _clipped_surrogate(ratio, adv, cfg) + kl_tok  # [B, G, T]
     loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
     metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(), **_clip_metrics(ratio, adv, x.mask, cfg)}
@@ -217,7 +222,7 @@ def gspo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
     seq_log_ratio = log_ratio.sum(-1) / m.sum(-1).clamp(min=1)  # [B, G]
     ratio = torch.exp(seq_log_ratio)[..., None]  # [B, G, 1]
     adv = x.advantages.detach()[..., None].to(ratio.dtype)  # [B, G, 1]
-    kl_tok, kl_mean = _kl_term(x, cfg)  # [B, G, T], []
+    kl_tok, kl_mean = _kl_term(x, cfg, ratio)  # [B, G, T], []
     per_token = _clipped_surrogate(ratio, adv, cfg).expand_as(log_ratio) + kl_tok  # [B, G, T]
     loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
     metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(), **_clip_metrics(ratio, adv, x.mask, cfg)}
@@ -248,7 +253,7 @@ def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     sq = (x.advantages.detach().to(z.dtype) - z) ** 2  # [B, G]
     keep = ~x.zero_std.bool()  # [B]
     per_group = torch.where(keep, sq.mean(1), torch.zeros_like(sq[:, 0]))  # [B]
-    kl_tok, kl_mean = _kl_term(x, cfg)  # [B, G, T], []
+    kl_tok, kl_mean = _kl_term(x, cfg, torch.exp(log_ratio))  # [B, G, T], []
     loss = per_group.sum() / norm.groups + aggregate(kl_tok, x.mask, cfg.aggregation, norm)  # []
     metrics = {
         "kl": kl_mean,
