@@ -124,7 +124,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     augment = None
     if cfg.augment.enabled:
         from mmgrpo.augment import DifficultyScheduler
+        from mmgrpo.augment.perturb import check_names
 
+        check_names(cfg.augment.harder)
         augment = DifficultyScheduler(cfg.augment)
     if resume is not None:
         state = ckpt.load_trainer_state(resume)

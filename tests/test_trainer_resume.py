@@ -1,0 +1,111 @@
+"""Exact resume after a real crash, and checkpoints that survive a kill during the write."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from mmgrpo.trainer.checkpoint import latest_checkpoint, load_trainer_state
+from mmgrpo.trainer.loop import train
+from tests.trainer_utils import reward_file, small_task, tiny_train_config, weights
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return small_task(tmp_path_factory.mktemp("task"))
+
+
+def _cli_args(cfg_overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "mmgrpo.cli", "train", *cfg_overrides]
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_killed_run_resumes_to_identical_weights(tiny_dir, task, tmp_path, lora):
+    rewards = reward_file(tmp_path)
+    common = [f"lora.enabled={lora}", "max_steps=4", "save_every=2", "optim.schedule=cosine", "optim.warmup_steps=1"]
+    full = train(tiny_train_config(tiny_dir, task, tmp_path / "full", rewards, *common))
+
+    # Same run as a separate process, SIGKILLed by its reward function in the middle of step 3
+    # (2 prompts per step = 2 reward calls per step; call 5 is the first of step 3).
+    cfg = tiny_train_config(tiny_dir, task, tmp_path / "killed", rewards, *common)
+    overrides = [f"{k}={v}" for k, v in _flat_overrides(cfg).items()]
+    env = {**os.environ, "MMGRPO_TEST_KILL_AT_CALL": "5"}
+    proc = subprocess.run(_cli_args(overrides), env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert latest_checkpoint(tmp_path / "killed").name == "checkpoint-2"
+
+    resumed = train(tiny_train_config(tiny_dir, task, tmp_path / "killed", rewards, *common, "resume_from=auto"))
+    assert load_trainer_state(resumed).step == 4
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def _flat_overrides(cfg) -> dict[str, str]:
+    """The config as CLI overrides (only the fields the tests set)."""
+    return {
+        "model.name_or_path": cfg.model.name_or_path, "model.dtype": cfg.model.dtype,
+        "data.train": "[" + ",".join(cfg.data.train) + "]", "data.prompt_suffix": repr(cfg.data.prompt_suffix),
+        "vision.nframes": cfg.vision.nframes, "vision.min_frames": cfg.vision.min_frames,
+        "vision.max_frames": cfg.vision.max_frames, "vision.max_pixels": cfg.vision.max_pixels,
+        "vision.min_pixels": cfg.vision.min_pixels, "vision.max_prompt_length": cfg.vision.max_prompt_length,
+        "generation.num_generations": cfg.generation.num_generations,
+        "generation.max_new_tokens": cfg.generation.max_new_tokens,
+        "reward.functions": "[" + ",".join(cfg.reward.functions) + "]", "reward.weights": "[1.0]",
+        "prompts_per_step": cfg.prompts_per_step, "max_steps": cfg.max_steps, "save_every": cfg.save_every,
+        "output_dir": cfg.output_dir, "progress_bar": "false", "report_to": "[jsonl]", "optim.lr": cfg.optim.lr,
+        "optim.schedule": cfg.optim.schedule, "optim.warmup_steps": cfg.optim.warmup_steps,
+        "lora.enabled": cfg.lora.enabled, "lora.r": cfg.lora.r, "lora.alpha": cfg.lora.alpha,
+        "lora.dropout": cfg.lora.dropout,
+    }
+
+
+KILL_DURING_SAVE = textwrap.dedent(
+    """
+    import sys, time, torch
+    from mmgrpo.trainer import checkpoint as ckpt
+    from mmgrpo.models.tiny import build_tiny, TinySpec
+
+    out = sys.argv[1]
+    model, processor = build_tiny(TinySpec(layers=1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ckpt.save_checkpoint(out, ckpt.TrainerState(step=1), model, processor, opt)
+    real_save = torch.save
+    def slow_save(obj, path, *a, **k):
+        real_save(obj, path, *a, **k)
+        print("WRITING", flush=True)
+        time.sleep(60)  # killed here: weights written, optimizer written, state file not yet
+    torch.save = slow_save
+    ckpt.save_checkpoint(out, ckpt.TrainerState(step=2), model, processor, opt)
+    """
+)
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.stdout.readline().startswith("WRITING"):
+                break
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert (out / ".checkpoint-2.tmp").is_dir()  # the interrupted write
+    assert not (out / "checkpoint-2").exists()
+    last = latest_checkpoint(out)
+    assert last is not None and last.name == "checkpoint-1"
+    # and it is loadable: weights, optimizer state (weights_only), trainer state
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    Qwen2_5_VLForConditionalGeneration.from_pretrained(last)
+    torch.load(last / "optimizer.pt", weights_only=True)
+    assert load_trainer_state(last).step == 1

@@ -1,0 +1,56 @@
+"""Two training steps with each loss variant, LoRA and full fine-tuning, on the tiny model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmgrpo.trainer.checkpoint import latest_checkpoint
+from mmgrpo.trainer.loop import train
+from tests.trainer_utils import reward_file, small_task, tiny_train_config, weights
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return small_task(tmp_path_factory.mktemp("task"))
+
+
+@pytest.fixture(scope="module")
+def rewards(tmp_path_factory):
+    return reward_file(tmp_path_factory.mktemp("rewards"))
+
+
+@pytest.mark.parametrize(
+    "loss,lora,extra",
+    [
+        ("grpo", True, ["loss.beta=0.04"]),  # KL against the adapter-disabled base
+        ("grpo", False, ["loss.beta=0.04"]),  # KL against a frozen copy
+        ("dr_grpo", True, ["loss.aggregation=seq_sum_const", "loss.advantage_scale=none"]),
+        ("dapo", False, ["loss.aggregation=token_mean", "loss.epsilon_high=0.28"]),
+        ("gspo", True, ["optim.updates_per_rollout=2"]),  # off-policy: the ratio differs from 1
+        ("reg_grpo", True, []),
+        ("reg_grpo", False, ["forward_mode=repeat"]),
+    ],
+)
+def test_two_steps(tiny_dir, task, rewards, tmp_path, loss, lora, extra):
+    cfg = tiny_train_config(tiny_dir, task, tmp_path / "run", rewards, f"loss.name={loss}", f"lora.enabled={lora}",
+                            *extra)
+    final = train(cfg)
+    assert final == latest_checkpoint(tmp_path / "run")
+    assert (final / ("adapter_model.safetensors" if lora else "model.safetensors")).is_file()
+    for name in ("preprocessor_config.json", "video_preprocessor_config.json", "tokenizer.json",
+                 "chat_template.jinja", "generation_config.json", "optimizer.pt", "trainer_state.json"):
+        assert (final / name).is_file(), name
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["loss"] is not None and r["grad_norm"] is not None, r
+        assert r["zero_std_frac"] < 1.0  # the length reward varies within groups
+    trained = weights(final)
+    if lora:  # LoRA B starts at zero: any non-zero B means the update reached the adapter
+        assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in trained.items())
+    else:
+        base = weights(tiny_dir)
+        changed = [k for k in base if not torch.equal(base[k], trained[k])]
+        assert changed, "full fine-tuning changed no weight"
