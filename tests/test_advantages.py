@@ -1,0 +1,118 @@
+"""Group advantages and multi-reward combination, hand-computed."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmgrpo.trainer.advantages import combine_rewards, compute_advantages, group_advantages
+
+NAN = float("nan")
+EPS = 1e-4
+
+
+def test_group_scale_hand_computed():
+    total = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    adv, zero_std = group_advantages(total, "group", EPS)
+    # group 0: mean 0.5, population std 0.5 -> (R - 0.5) / 0.5001 ; group 1: all equal -> 0
+    a = 0.5 / (0.5 + EPS)
+    torch.testing.assert_close(adv, torch.tensor([[a, -a, -a, a], [0.0, 0.0, 0.0, 0.0]]))
+    assert zero_std.tolist() == [False, True]
+    assert not adv.requires_grad
+
+
+def test_batch_scale_hand_computed():
+    total = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    adv, zero_std = group_advantages(total, "batch", EPS)
+    # centred per group: [0.5, -0.5], [0, 0]; batch std of [1, 0, 1, 1]: mean 0.75,
+    # var = (3 * 0.0625 + 0.5625) / 4 = 0.1875 -> std 0.4330127
+    s = math.sqrt(0.1875) + EPS
+    torch.testing.assert_close(adv, torch.tensor([[0.5 / s, -0.5 / s], [0.0, 0.0]]))
+    assert zero_std.tolist() == [False, True]
+
+
+@pytest.mark.parametrize("scale, std_normalize", [("none", True), ("group", False)])
+def test_dr_grpo_no_std(scale, std_normalize):
+    total = torch.tensor([[3.0, 1.0, 2.0]])
+    adv, _ = group_advantages(total, scale, EPS, std_normalize=std_normalize)
+    torch.testing.assert_close(adv, torch.tensor([[1.0, -1.0, 0.0]]))  # R - mean(= 2)
+
+
+def test_no_center():
+    adv, _ = group_advantages(torch.tensor([[3.0, 1.0]]), "none", EPS, center=False)
+    torch.testing.assert_close(adv, torch.tensor([[3.0, 1.0]]))
+
+
+def test_none_left_out_of_the_samples_baseline():
+    # accuracy [1, 0, 1], format [1, None, 0], weights [1, 0.5]
+    rewards = torch.tensor([[[1.0, 1.0], [0.0, NAN], [1.0, 0.0]]])
+    total, scorable = combine_rewards(rewards, [1.0, 0.5], "sum_then_normalize")
+    # format's group mean over applicable entries = 0.5, filled in for completion 1:
+    # totals = [1 + 0.5, 0 + 0.5 * 0.5, 1 + 0] = [1.5, 0.25, 1.0]
+    torch.testing.assert_close(total, torch.tensor([[1.5, 0.25, 1.0]]))
+    assert scorable.all()
+    adv, _ = group_advantages(total, "none", EPS, scorable=scorable)
+    # completion 1's advantage is its accuracy term only: 1 * (0 - 2/3); format says nothing about it
+    # completion 0: (1 - 2/3) + 0.5 * (1 - 0.5) = 0.58333 ; completion 2: (1 - 2/3) + 0.5 * (0 - 0.5) = 0.08333
+    torch.testing.assert_close(adv, torch.tensor([[1 / 3 + 0.25, -2 / 3, 1 / 3 - 0.25]]))
+
+
+def test_unscorable_completion_gets_zero_and_stays_out_of_the_baseline():
+    rewards = torch.tensor([[[1.0], [0.0], [NAN]]])
+    res = compute_advantages(rewards, [1.0], "sum_then_normalize", "group", EPS)
+    a = 0.5 / (0.5 + EPS)  # mean and std over the two scorable completions: 0.5, 0.5
+    torch.testing.assert_close(res.advantages, torch.tensor([[a, -a, 0.0]]))
+    assert res.scorable.tolist() == [[True, True, False]]
+    all_none = compute_advantages(torch.full((1, 3, 2), NAN), [1.0, 1.0], "sum_then_normalize", "group", EPS)
+    assert all_none.advantages.abs().max().item() == 0.0 and all_none.zero_std.tolist() == [True]
+
+
+def test_gdpo_normalize_then_sum_hand_computed():
+    # one group of 4; r1 = [1, 0, 0, 0], r2 = [1, 1, 0, 0]; weights [1, 1]
+    rewards = torch.tensor([[[1.0, 1.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]])
+    res = compute_advantages(rewards, [1.0, 1.0], "normalize_then_sum", "group", EPS)
+    # r1: mean 0.25, std sqrt(0.1875) = 0.4330 -> z1 = [0.75, -0.25, -0.25, -0.25] / (0.4330 + eps)
+    # r2: mean 0.5, std 0.5 -> z2 = [0.5, 0.5, -0.5, -0.5] / (0.5 + eps)
+    s1, s2 = math.sqrt(0.1875) + EPS, 0.5 + EPS
+    z = torch.tensor([0.75 / s1 + 0.5 / s2, -0.25 / s1 + 0.5 / s2, -0.25 / s1 - 0.5 / s2, -0.25 / s1 - 0.5 / s2])
+    # then over the batch: mean 0 (each z is centred), population std
+    expected = (z - z.mean()) / (z.std(unbiased=False) + EPS)
+    torch.testing.assert_close(res.advantages[0], expected)
+    # sum_then_normalize sees totals [2, 1, 0, 0] and gives different relative weights
+    plain = compute_advantages(rewards, [1.0, 1.0], "sum_then_normalize", "group", EPS).advantages[0]
+    assert not torch.allclose(plain, res.advantages[0], atol=1e-3)
+
+
+def test_gdpo_with_none_and_a_flat_group():
+    rewards = torch.tensor([[[1.0, NAN], [0.0, 1.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]])
+    res = compute_advantages(rewards, [1.0, 1.0], "normalize_then_sum", "group", EPS)
+    assert torch.isfinite(res.advantages).all()
+    assert res.zero_std.tolist() == [False, True]
+    assert res.advantages[1].abs().max().item() == 0.0
+
+
+def test_inf_reward_names_the_group():
+    rewards = torch.zeros(3, 2, 1)
+    rewards[2, 1, 0] = float("inf")
+    with pytest.raises(ValueError, match="group 2 .completion 1."):
+        combine_rewards(rewards, [1.0], "sum_then_normalize")
+
+
+def test_nan_total_not_from_none_names_the_group():
+    total = torch.tensor([[1.0, 0.0], [NAN, 1.0]])
+    with pytest.raises(ValueError, match="group 1"):
+        group_advantages(total, "group", EPS)
+    with pytest.raises(ValueError, match="group 0"):
+        group_advantages(torch.tensor([[float("-inf"), 0.0]]), "group", EPS, scorable=torch.tensor([[True, True]]))
+
+
+def test_bad_weights_and_modes():
+    with pytest.raises(ValueError, match="weights"):
+        combine_rewards(torch.zeros(1, 2, 2), [1.0], "sum_then_normalize")
+    with pytest.raises(ValueError, match="weights"):
+        combine_rewards(torch.zeros(1, 2, 1), [NAN], "sum_then_normalize")
+    with pytest.raises(ValueError, match="combination"):
+        combine_rewards(torch.zeros(1, 2, 1), [1.0], "mean")
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(torch.tensor([[1.0, 0.0]]), "global", EPS)
