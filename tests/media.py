@@ -55,6 +55,8 @@ def write_image(
     image = Image.fromarray(array)
     if mode == "I;16":
         image = Image.fromarray(np.asarray(image.convert("L"), dtype=np.uint16) * 257)
+    elif mode == "P":  # adaptive palette: exact for few colours (the default web palette dithers)
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE)
     elif mode is not None:
         image = image.convert(mode)
     kwargs = {}

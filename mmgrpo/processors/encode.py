@@ -94,7 +94,7 @@ class PromptEncoder:
         try:
             return decode_media(media, self.vision, self.cache)
         except MediaError as e:
-            raise e.for_sample(sample.ref) from e
+            raise e.for_sample(sample.ref, sample.id) from e
 
     # -- step 2: text + processor ----------------------------------------------------------------
 
@@ -161,7 +161,7 @@ class PromptEncoder:
         pixels = ", ".join(f"{kind} {t}x{h}x{w}" for kind, (t, h, w) in zip([m.kind for m in media], shapes))
         numbers = f"needs {need} tokens ({text} text + {need - text} vision: {pixels}), max_prompt_length is {limit}"
         if self.vision.fit == "reject":
-            raise BadSampleError(sample.ref, f"prompt too long: {numbers} (fit=reject)", "too_long")
+            raise BadSampleError(sample.ref, f"prompt too long: {numbers} (fit=reject)", "too_long", sample.id)
         floors = [resolve_budget(m.options, self.vision).min_pixels for m in sample.media]
         sizes = shrink_to_fit(shapes, floors, limit - text)
         if sizes is None:
@@ -170,13 +170,16 @@ class PromptEncoder:
                 sample.ref,
                 f"prompt too long: {numbers}; even at min_pixels {floors} it needs {floor_need} tokens",
                 "too_long",
+                sample.id,
             )
         return sizes
 
     def _check_media(self, sample: Sample, media: list[LoadedMedia]) -> None:
         kinds = [m.kind for m in sample.media]
         if [m.kind for m in media] != kinds:
-            raise BadSampleError(sample.ref, f"media {[m.kind for m in media]} do not match the prompt's {kinds}", "bad_column")
+            got = [m.kind for m in media]
+            raise BadSampleError(sample.ref, f"media {got} do not match the prompt's {kinds}", "bad_column", sample.id)
         for m in media:
             if m.frames.dtype != torch.uint8 or m.frames.ndim != 4 or m.frames.shape[1] != 3:
-                raise BadSampleError(sample.ref, f"frames must be [T, 3, H, W] uint8, got {tuple(m.frames.shape)} {m.frames.dtype}")
+                shape = f"{tuple(m.frames.shape)} {m.frames.dtype}"
+                raise BadSampleError(sample.ref, f"frames must be [T, 3, H, W] uint8, got {shape}", "bad_column", sample.id)

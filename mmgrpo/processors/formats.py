@@ -75,7 +75,7 @@ class _Row:
         return Sample(id=self.id, prompt=[], media=[], answer=None, problem_type="exact", index=self.index, source=self.source).ref
 
     def bad(self, reason: str, kind: str = "bad_column") -> BadSampleError:
-        return BadSampleError(self.ref, reason, kind)
+        return BadSampleError(self.ref, reason, kind, self.id)
 
 
 # -- reading files -------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def _check_media_path(row: _Row, path: str, kind: str) -> None:
     try:
         check_file(path)
     except MediaError as e:
-        raise e.for_sample(row.ref) from e
+        raise e.for_sample(row.ref, row.id) from e
     is_video_file = path.lower().endswith(VIDEO_EXTENSIONS)
     if kind in ("image", "frame") and (is_video_file or os.path.isdir(path)):
         raise row.bad(f"{path}: an {kind} must be an image file", "unsupported_media")
@@ -364,9 +364,12 @@ def load_samples(
     rows, name, base_dir = read_rows(source, split)
     result = LoadResult(samples=[])
     for index, data in enumerate(rows):
+        row = _Row(data, index, name, base_dir)
         try:
-            result.samples.append(row_to_sample(_Row(data, index, name, base_dir), fmt, system_prompt, prompt_suffix))
+            result.samples.append(row_to_sample(row, fmt, system_prompt, prompt_suffix))
         except BadSampleError as e:
+            if e.sample_id is None and isinstance(data, dict):
+                e.sample_id = row.id
             if on_bad_sample != "skip":
                 raise
             log.warning("skipping %s", e)

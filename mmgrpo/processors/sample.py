@@ -13,11 +13,12 @@ PROBLEM_TYPES = ("multiple_choice", "numeric", "exact", "free_text", "temporal_i
 class BadSampleError(ValueError):
     """A sample that cannot be used. The message names the sample (id / index, path) and the reason."""
 
-    def __init__(self, sample_ref: str, reason: str, kind: str = "invalid"):
+    def __init__(self, sample_ref: str, reason: str, kind: str = "invalid", sample_id: str | None = None):
         super().__init__(f"sample {sample_ref}: {reason}")
         self.sample_ref = sample_ref
         self.reason = reason
         self.kind = kind  # short category for summaries: missing_media, corrupt_media, bad_column, ...
+        self.sample_id = sample_id  # the sample's id when known (reports), else None
 
 
 @dataclass
@@ -137,5 +138,5 @@ class MediaError(ValueError):
         self.reason = reason
         self.kind = kind  # same categories as BadSampleError.kind
 
-    def for_sample(self, sample_ref: str) -> BadSampleError:
-        return BadSampleError(sample_ref, str(self), self.kind)
+    def for_sample(self, sample_ref: str, sample_id: str | None = None) -> BadSampleError:
+        return BadSampleError(sample_ref, str(self), self.kind, sample_id)
