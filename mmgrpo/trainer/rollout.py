@@ -109,7 +109,8 @@ def _generate_repeat(
         typical_p=1.0,
         repetition_penalty=1.0,
         max_new_tokens=gen.max_new_tokens,
-        num_return_sequences=G,
+        # greedy rows are identical, and transformers refuses num_return_sequences > 1 without sampling
+        num_return_sequences=1 if greedy else G,
         eos_token_id=ids.eos.tolist(),
         pad_token_id=ids.pad,
         bad_words_ids=[[int(t)] for t in ids.banned],
@@ -122,8 +123,8 @@ def _generate_repeat(
             mm_token_type_ids=prompt.mm_token_type_ids,
             generation_config=hf_cfg,
             **prompt.vision.as_kwargs(),
-        )  # [G, P + C]
-    return sequences[:, prompt.length :]
+        )  # [G or 1, P + C]
+    return sequences[:, prompt.length :].expand(G, -1).clone()  # [G, C]
 
 
 @contextlib.contextmanager
