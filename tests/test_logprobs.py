@@ -22,14 +22,15 @@ def make_prompt(processor, kinds: list[str], seed: int = 0) -> PromptInputs:
     different sizes so that a multi-image prompt has differing grids."""
     rng = np.random.default_rng(seed)
     content = [{"type": k} for k in kinds] + [{"type": "text", "text": "What colour is the square?"}]
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    messages = [{"role": "user", "content": content}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     sizes = iter([(56, 84), (84, 56), (56, 56)])
     images = [rng.integers(0, 255, (*next(sizes), 3), dtype=np.uint8) for k in kinds if k == "image"]
     videos = [rng.integers(0, 255, (8, 56, 56, 3), dtype=np.uint8) for k in kinds if k == "video"]
     enc = processor(text=[text], images=images or None, videos=videos or None, return_tensors="pt")
     vision = VisionInputs(**{k: enc[k] for k in VISION_KEYS if k in enc})
     sample = Sample(id="t", prompt=[], media=[], answer=None, problem_type="free_text")
-    return PromptInputs(sample=sample, input_ids=enc["input_ids"], mm_token_type_ids=enc["mm_token_type_ids"], vision=vision)
+    return PromptInputs(sample, enc["input_ids"], enc["mm_token_type_ids"], vision)
 
 
 def make_completions(processor, lengths: list[int], width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +63,8 @@ def direct_logprobs(model, prompt: PromptInputs, ids: torch.Tensor, mask: torch.
     for g in range(ids.shape[0]):
         n = int(mask[g].sum())
         seq = torch.cat([prompt.input_ids[0], ids[g, :n]]).view(1, -1)
-        types = torch.cat([prompt.mm_token_type_ids[0], torch.zeros(n, dtype=prompt.mm_token_type_ids.dtype)]).view(1, -1)
+        text_types = torch.zeros(n, dtype=prompt.mm_token_type_ids.dtype)
+        types = torch.cat([prompt.mm_token_type_ids[0], text_types]).view(1, -1)
         logits = model(input_ids=seq, mm_token_type_ids=types, **prompt.vision.as_kwargs()).logits[0]  # [P+n, V]
         logp = torch.log_softmax(logits[prompt.length - 1 : -1].float() / temperature, dim=-1)  # [n, V]
         row = torch.zeros(ids.shape[1])
@@ -162,7 +164,8 @@ def test_mask_gap_keeps_context():
 class TowerCalls:
     def __init__(self, model):
         self.patches: list[int] = []
-        self.handle = model.model.visual.register_forward_hook(lambda mod, args, out: self.patches.append(args[0].shape[0]))
+        tower = model.model.visual
+        self.handle = tower.register_forward_hook(lambda mod, args, out: self.patches.append(args[0].shape[0]))
 
     def __enter__(self):
         return self

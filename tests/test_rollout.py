@@ -8,7 +8,13 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import LogitsProcessorList, NoBadWordsLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessorList,
+    NoBadWordsLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from mmgrpo.config import GenerationConfig
 from mmgrpo.models.loading import VISION_TOKENS, bad_words_ids
@@ -22,13 +28,14 @@ def make_prompt(processor, kinds: list[str], seed: int = 0) -> PromptInputs:
     """A processed prompt with one media item per entry of `kinds` ("image" / "video")."""
     rng = np.random.default_rng(seed)
     content = [{"type": k} for k in kinds] + [{"type": "text", "text": "Which shape is it?"}]
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+    messages = [{"role": "user", "content": content}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     images = [rng.integers(0, 255, (56, 84, 3), dtype=np.uint8) for k in kinds if k == "image"]
     videos = [rng.integers(0, 255, (8, 56, 56, 3), dtype=np.uint8) for k in kinds if k == "video"]
     enc = processor(text=[text], images=images or None, videos=videos or None, return_tensors="pt")
     vision = VisionInputs(**{k: enc[k] for k in VISION_KEYS if k in enc})
     sample = Sample(id="t", prompt=[], media=[], answer=None, problem_type="free_text")
-    return PromptInputs(sample=sample, input_ids=enc["input_ids"], mm_token_type_ids=enc["mm_token_type_ids"], vision=vision)
+    return PromptInputs(sample, enc["input_ids"], enc["mm_token_type_ids"], vision)
 
 
 def with_logit_bias(model, bias: dict[int, float]):
@@ -47,9 +54,13 @@ def with_logit_bias(model, bias: dict[int, float]):
 def repeated_first_logits(model, prompt: PromptInputs, G: int) -> torch.Tensor:
     """Next-token logits [G, V] of G independent copies of the prompt (vision inputs repeated)."""
     v = prompt.vision
-    kw = dict(pixel_values_videos=v.pixel_values_videos.repeat(G, 1), video_grid_thw=v.video_grid_thw.repeat(G, 1),
-              second_per_grid_ts=v.second_per_grid_ts.repeat(G))
-    out = model(input_ids=prompt.input_ids.expand(G, -1), mm_token_type_ids=prompt.mm_token_type_ids.expand(G, -1), **kw)
+    out = model(
+        input_ids=prompt.input_ids.expand(G, -1),
+        mm_token_type_ids=prompt.mm_token_type_ids.expand(G, -1),
+        pixel_values_videos=v.pixel_values_videos.repeat(G, 1),
+        video_grid_thw=v.video_grid_thw.repeat(G, 1),
+        second_per_grid_ts=v.second_per_grid_ts.repeat(G),
+    )
     return out.logits[:, -1].float()
 
 
@@ -76,8 +87,8 @@ def test_first_step_distribution_matches_repeated(tiny, temperature, top_k, top_
     assert torch.allclose(dist, ref, atol=1e-6)
     assert int((dist[0] > 0).sum()) == int((ref[0] > 0).sum())  # same support after top-k / top-p
     # with a fixed generator the first sampled tokens are those drawn from the reference distribution
-    first = generate_group(model, processor, prompt, G, GenerationConfig(max_new_tokens=1, temperature=temperature,
-                           top_k=top_k, top_p=top_p), generator=torch.Generator().manual_seed(5)).completion_ids[:, 0]
+    one_step = GenerationConfig(max_new_tokens=1, temperature=temperature, top_k=top_k, top_p=top_p)
+    first = generate_group(model, processor, prompt, G, one_step, torch.Generator().manual_seed(5)).completion_ids[:, 0]
     expected = torch.multinomial(ref, 1, generator=torch.Generator().manual_seed(5)).squeeze(1)
     assert torch.equal(first, expected)
 
@@ -111,7 +122,8 @@ def test_sampled_tokens_follow_their_own_context(tiny):
             n = int(lengths[g])
             seq = torch.cat([prompt.input_ids[0], r.completion_ids[g, :n]]).view(1, -1)
             types = torch.cat([prompt.mm_token_type_ids[0], torch.zeros(n, dtype=torch.long)]).view(1, -1)
-            logits = model(input_ids=seq, mm_token_type_ids=types, **prompt.vision.as_kwargs()).logits[0, prompt.length - 1 : -1]
+            logits = model(input_ids=seq, mm_token_type_ids=types, **prompt.vision.as_kwargs()).logits[0]
+            logits = logits[prompt.length - 1 : -1]  # [n, V], predicting each completion token
             logits[:, banned] = float("-inf")
             top3 = logits.topk(3, dim=-1).indices  # [n, 3]
             assert (top3 == r.completion_ids[g, :n, None]).any(-1).all(), g
@@ -124,7 +136,8 @@ def test_vision_placeholders_never_sampled(tiny):
     prompt = make_prompt(processor, ["image"])
     banned = torch.tensor([tok.convert_tokens_to_ids(t) for t in VISION_TOKENS])
     for mode in ("shared", "repeat"):
-        r = generate_group(model, processor, prompt, 4, GenerationConfig(max_new_tokens=8), torch.Generator().manual_seed(1), mode)
+        gen = GenerationConfig(max_new_tokens=8)
+        r = generate_group(model, processor, prompt, 4, gen, torch.Generator().manual_seed(1), mode)
         assert not torch.isin(r.completion_ids, banned).any(), mode
 
 
@@ -133,7 +146,9 @@ def test_seeded_sampling_is_deterministic(tiny):
     prompt = make_prompt(processor, ["video"])
     gen = GenerationConfig(max_new_tokens=6)
     for mode in ("shared", "repeat"):
-        a, b, c = (generate_group(model, processor, prompt, 4, gen, torch.Generator().manual_seed(s), mode) for s in (3, 3, 4))
+        a, b, c = (
+            generate_group(model, processor, prompt, 4, gen, torch.Generator().manual_seed(s), mode) for s in (3, 3, 4)
+        )
         assert torch.equal(a.completion_ids, b.completion_ids), mode
         assert not torch.equal(a.completion_ids, c.completion_ids), mode
 

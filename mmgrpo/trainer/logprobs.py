@@ -40,7 +40,9 @@ def group_logprobs(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
     if completion_ids.shape != completion_mask.shape:
-        raise ValueError(f"completion_ids {tuple(completion_ids.shape)} != completion_mask {tuple(completion_mask.shape)}")
+        raise ValueError(
+            f"completion_ids {tuple(completion_ids.shape)} != completion_mask {tuple(completion_mask.shape)}"
+        )
     keep = keep_lengths(completion_mask)  # [G] long
     if int(keep.sum()) == 0:
         # nothing to score: no forward (the result carries no gradient)
@@ -52,20 +54,25 @@ def group_logprobs(
     return out * completion_mask.to(out.dtype)
 
 
-def token_logprobs(logits: Tensor, targets: Tensor, temperature: float) -> Tensor:
-    """log softmax(logits / T)[target] in fp32, row by row so that only one [n, V] fp32 copy of the
-    logits exists at a time (V is ~152k for real models)."""
+def token_logprobs(logits: Tensor, targets: Tensor, temperature: float, chunk: int = 512) -> Tensor:
+    """log softmax(logits / T)[target] in fp32 for logits [..., V] and targets [...]. Done in chunks
+    of `chunk` tokens so that only a [chunk, V] fp32 copy of the logits exists at a time outside of
+    autograd (V is ~152k for real models)."""
+    flat_logits = logits.reshape(-1, logits.shape[-1])  # [n, V]
+    flat_targets = targets.reshape(-1)  # [n]
     out = []
-    for row_logits, row_targets in zip(logits, targets):  # [n, V], [n]
-        scaled = row_logits.float() / temperature  # [n, V] fp32
-        picked = scaled.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)  # [n]
-        out.append(picked - torch.logsumexp(scaled, dim=-1))  # [n]
-    return torch.stack(out)  # [rows, n]
+    for start in range(0, flat_targets.numel(), chunk):
+        scaled = flat_logits[start : start + chunk].float() / temperature  # [c, V] fp32
+        picked = scaled.gather(-1, flat_targets[start : start + chunk, None]).squeeze(-1)  # [c]
+        out.append(picked - torch.logsumexp(scaled, dim=-1))  # [c]
+    return torch.cat(out).view(targets.shape)  # [...]
 
 
-def _shared_forward(model: torch.nn.Module, prompt: PromptInputs, completion_ids: Tensor, keep: Tensor, temperature: float) -> Tensor:
+def _shared_forward(
+    model: torch.nn.Module, prompt: PromptInputs, completion_ids: Tensor, keep: Tensor, temperature: float
+) -> Tensor:
     positions, next_pos = prompt_positions(model, prompt)  # [3, 1, P], int
-    dtype = next(base_model(model).parameters()).dtype
+    dtype = base_model(model).get_input_embeddings().weight.dtype  # the language model's compute dtype
     row = shared_row(prompt, positions, next_pos, completion_ids, keep, dtype)
     # 3-row position_ids: no leading text-position row, which transformers only reads to detect
     # packed sequences when there is no mask; our 4-D mask is used as-is.
@@ -78,13 +85,18 @@ def _shared_forward(model: torch.nn.Module, prompt: PromptInputs, completion_ids
         use_cache=False,
         **prompt.vision.as_kwargs(),
     ).logits  # [1, N, V]
-    picked = token_logprobs(logits, row.targets.view(1, -1), temperature)[0]  # [N]
+    picked = token_logprobs(logits[0], row.targets, temperature)  # [N]
     out = torch.zeros(completion_ids.shape, dtype=torch.float32, device=picked.device)  # [G, C]
     return out.index_put((row.out_row, row.out_col), picked)
 
 
 def _repeat_forward(
-    model: torch.nn.Module, prompt: PromptInputs, completion_ids: Tensor, keep: Tensor, temperature: float, share_vision: bool
+    model: torch.nn.Module,
+    prompt: PromptInputs,
+    completion_ids: Tensor,
+    keep: Tensor,
+    temperature: float,
+    share_vision: bool,
 ) -> Tensor:
     """G rows `[prompt | c_g]`, right-padded (keep lengths), positions computed by the model itself.
     `share_vision`: run the vision tower once and hand each row the same features (gradients sum
@@ -93,7 +105,8 @@ def _repeat_forward(
     device = completion_ids.device
     input_ids = torch.cat([prompt.input_ids.expand(G, -1), completion_ids], dim=1)  # [G, P+C]
     comp_attn = torch.arange(C, device=device).view(1, -1) < keep.view(-1, 1)  # [G, C] bool
-    attention_mask = torch.cat([torch.ones_like(prompt.input_ids).expand(G, -1), comp_attn.long()], dim=1)  # [G, P+C]
+    prompt_attn = torch.ones_like(prompt.input_ids).expand(G, -1)  # [G, P]
+    attention_mask = torch.cat([prompt_attn, comp_attn.long()], dim=1)  # [G, P+C]
     mm_types = torch.cat([prompt.mm_token_type_ids, prompt.mm_token_type_ids.new_zeros(1, C)], dim=1)  # [1, P+C]
     logits = model(
         input_ids=input_ids,

@@ -64,9 +64,12 @@ def generate_group(
     generator: torch.Generator | None = None,
     mode: str = "shared",
 ) -> Rollout:
-    """Sample `num_generations` completions of `prompt` (batch 1). `generator` makes sampling
-    deterministic (in `repeat` mode it seeds the global RNG inside a forked RNG state, since
-    `generate` takes no generator). `gen.temperature == 0` means greedy decoding."""
+    """Sample `num_generations` completions of `prompt` (batch 1, on the model's device).
+
+    `generator` (on the model's device) makes sampling deterministic; in `repeat` mode it seeds the
+    global RNG inside a forked RNG state, since `generate` takes no generator. `gen.temperature == 0`
+    means greedy decoding. The model's train/eval mode is left as the caller set it (dropout in
+    train mode would sample from a perturbed policy, so callers generate in eval mode)."""
     if mode not in MODES:
         raise ValueError(f"unknown rollout mode {mode!r}; expected one of {MODES}")
     ids = special_ids(model, processor)
@@ -94,7 +97,12 @@ def finalize(completion_ids: Tensor, ids: SpecialIds, processor) -> Rollout:
 
 
 def _generate_repeat(
-    model: torch.nn.Module, prompt: PromptInputs, G: int, gen: GenerationConfig, ids: SpecialIds, generator: torch.Generator | None
+    model: torch.nn.Module,
+    prompt: PromptInputs,
+    G: int,
+    gen: GenerationConfig,
+    ids: SpecialIds,
+    generator: torch.Generator | None,
 ) -> Tensor:
     greedy = gen.temperature == 0
     # Every sampling option is set explicitly: unset ones would be filled from the checkpoint's
@@ -103,17 +111,17 @@ def _generate_repeat(
     hf_cfg = HFGenerationConfig(
         do_sample=not greedy,
         temperature=None if greedy else gen.temperature,
-        top_k=gen.top_k,
-        top_p=gen.top_p,
+        top_k=None if greedy else gen.top_k,
+        top_p=None if greedy else gen.top_p,
         min_p=None if greedy else 0.0,
-        typical_p=1.0,
+        typical_p=None if greedy else 1.0,
         repetition_penalty=1.0,
         max_new_tokens=gen.max_new_tokens,
         # greedy rows are identical, and transformers refuses num_return_sequences > 1 without sampling
         num_return_sequences=1 if greedy else G,
         eos_token_id=ids.eos.tolist(),
         pad_token_id=ids.pad,
-        bad_words_ids=[[int(t)] for t in ids.banned],
+        bad_words_ids=[[int(t)] for t in ids.banned] or None,
     )
     rng = contextlib.nullcontext() if generator is None else _seeded_global_rng(generator, prompt.input_ids.device)
     with rng:
@@ -129,7 +137,7 @@ def _generate_repeat(
 
 @contextlib.contextmanager
 def _seeded_global_rng(generator: torch.Generator, device: torch.device):
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -159,19 +167,25 @@ def prefill_shared(model: torch.nn.Module, prompt: PromptInputs, G: int) -> tupl
 
 
 def _generate_shared(
-    model: torch.nn.Module, prompt: PromptInputs, G: int, gen: GenerationConfig, ids: SpecialIds, generator: torch.Generator | None
+    model: torch.nn.Module,
+    prompt: PromptInputs,
+    G: int,
+    gen: GenerationConfig,
+    ids: SpecialIds,
+    generator: torch.Generator | None,
 ) -> Tensor:
     """Prefill once, repeat the cache G times, decode the G rows together, dropping finished rows."""
     cache, logits, next_pos = prefill_shared(model, prompt, G)  # cache of G rows, [G, V], int
     tokens = torch.full((G, gen.max_new_tokens), ids.pad, dtype=torch.long, device=logits.device)  # [G, max_new]
     alive = torch.arange(G, device=logits.device)  # [n] long, rows still decoding
     sampler = Sampler(gen, ids.banned.to(logits.device), generator)
+    eos = ids.eos.to(logits.device)  # [n_eos]
     steps = 0
     for t in range(gen.max_new_tokens):
         nxt = sampler(logits)  # [n] long
         tokens[alive, t] = nxt
         steps = t + 1
-        still = ~torch.isin(nxt, ids.eos.to(nxt.device))  # [n] bool
+        still = ~torch.isin(nxt, eos)  # [n] bool
         if steps == gen.max_new_tokens or not bool(still.any()):
             break
         if not bool(still.all()):
