@@ -280,3 +280,13 @@ def test_presets_are_valid_config_settings():
     x = _clip_case()
     plain = compute_loss(x, LossConfig(name="dapo", aggregation="seq_mean_token_mean"), Normalizer.local(x, 4))
     assert plain.loss.item() == pytest.approx(-0.125)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_zero_counts_give_zero_loss_not_nan(name):
+    """A step where every group is flat (groups = 0) or nothing is unmasked (tokens = 0)."""
+    logp = torch.randn(1, 2, 3, requires_grad=True)
+    x = LossInputs(logp, logp.detach(), None, torch.zeros(1, 2), torch.zeros(1, 2, 3), torch.tensor([True]))
+    out = compute_loss(x, LossConfig(name=name), Normalizer(tokens=0, sequences=2, groups=0, max_completion_len=3))
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and torch.isfinite(logp.grad).all()

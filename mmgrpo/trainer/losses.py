@@ -42,6 +42,8 @@ class Normalizer:
     tokens: completion tokens (mask sum); sequences: completions (B * G, empty ones included);
     groups: groups that *contribute* to Reg-GRPO, i.e. those with zero_std False;
     max_completion_len: the generation budget (Dr. GRPO's constant).
+    The losses treat a count below 1 as 1: a step with no tokens / no contributing group then has
+    loss 0 (its numerator is 0) instead of 0/0 = NaN.
     """
 
     tokens: float
@@ -102,17 +104,17 @@ class LossOutput:
 def _seq_mean_token_mean(per_token: Tensor, mask: Tensor, norm: Normalizer) -> Tensor:
     # GRPO (DeepSeekMath eq. 21): (1/G) sum_i (1/|y_i|) sum_t; length-biased (Dr. GRPO §3.1)
     seq = per_token.sum(-1) / mask.sum(-1).clamp(min=1)  # [B, G]
-    return seq.sum() / norm.sequences  # []
+    return seq.sum() / max(norm.sequences, 1.0)  # []
 
 
 def _token_mean(per_token: Tensor, mask: Tensor, norm: Normalizer) -> Tensor:
     # DAPO §3.3 token-level policy gradient loss: every token of the step weighs the same
-    return per_token.sum() / norm.tokens  # []
+    return per_token.sum() / max(norm.tokens, 1.0)  # []
 
 
 def _seq_sum_const(per_token: Tensor, mask: Tensor, norm: Normalizer) -> Tensor:
     # Dr. GRPO §3.2: divide by a constant (sequences x generation budget), not by |y_i|
-    return per_token.sum() / (norm.sequences * norm.max_completion_len)  # []
+    return per_token.sum() / max(norm.sequences * norm.max_completion_len, 1.0)  # []
 
 
 AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, Normalizer], Tensor]] = {
@@ -254,7 +256,7 @@ def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     keep = ~x.zero_std.bool()  # [B]
     per_group = torch.where(keep, sq.mean(1), torch.zeros_like(sq[:, 0]))  # [B]
     kl_tok, kl_mean = _kl_term(x, cfg, torch.exp(log_ratio))  # [B, G, T], []
-    loss = per_group.sum() / norm.groups + aggregate(kl_tok, x.mask, cfg.aggregation, norm)  # []
+    loss = per_group.sum() / max(norm.groups, 1.0) + aggregate(kl_tok, x.mask, cfg.aggregation, norm)  # []
     metrics = {
         "kl": kl_mean,
         "skipped_groups": (~keep).sum().detach().float(),
