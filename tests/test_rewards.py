@@ -1,0 +1,167 @@
+"""Built-in rewards, hacking cases, None handling, user files, the runner's error reporting."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmgrpo.trainer.rewards import REWARDS, RewardError, RewardRunner, accuracy, format_reward, load_reward, overlong
+
+
+def test_accuracy_by_problem_type():
+    completions = [
+        "<think>it is red</think><answer>B</answer>",
+        "<answer>3.14</answer>",
+        "<answer>The Eiffel Tower</answer>",
+        "<answer>[10, 20]</answer>",
+        "<answer>a cat sat down</answer>",
+    ]
+    out = accuracy(
+        completions,
+        answer=["B", "3.1416", "eiffel tower", "[15, 25]", "the cat sat"],
+        problem_type=["multiple_choice", "numeric", "exact", "temporal_iou", "free_text"],
+        options=[["A. blue", "B. red"], None, None, None, None],
+    )
+    # temporal: overlap 15-20 over union 10-25 = 1/3; ROUGE-L: LCS "cat sat" 2, P 2/4, R 2/3 -> F 4/7
+    assert out == pytest.approx([1.0, 1.0, 1.0, 1 / 3, 4 / 7])
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "<answer></answer>",  # empty: a substring of every answer
+        "<answer>A or B or C</answer>",  # contains the right letter
+        "<answer>A, B, C, D</answer>",
+        "<answer>B or C</answer>",
+        "",
+        "<answer>A</answer> no wait <answer>A or B</answer>",  # the last tag counts
+    ],
+)
+def test_accuracy_hacks_score_zero(completion):
+    assert accuracy([completion], answer=["B"], problem_type=["multiple_choice"]) == [0.0]
+
+
+def test_accuracy_substring_tricks_in_exact_and_numeric():
+    out = accuracy(
+        ["<answer>tower</answer>", "<answer>eiffel tower paris france</answer>", "<answer>12</answer>",
+         "<answer>12 or 120</answer>"],
+        answer=["eiffel tower", "eiffel tower", "120", "120"],
+        problem_type=["exact", "exact", "numeric", "numeric"],
+    )
+    assert out == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_accuracy_none_when_no_reference_and_type_inference():
+    out = accuracy(["<answer>B</answer>", "<answer>7</answer>", "<answer>Paris</answer>", "<answer>x</answer>"],
+                   answer=["B", "7.0", "paris", None], options=[["A. x", "B. y"], None, None, None])
+    assert out == [1.0, 1.0, 1.0, None]
+    # ms-swift's `solution` column, itself tagged
+    assert accuracy(["<answer>C</answer>"], solution=["<answer>C</answer>"], problem_type=["multiple_choice"]) == [1.0]
+
+
+def test_accuracy_conversational_completions():
+    comp = [[{"role": "assistant", "content": "<answer>B</answer>"}],
+            [{"role": "assistant", "content": [{"type": "text", "text": "<answer>A</answer>"}]}]]
+    assert accuracy(comp, answer=["B", "B"], problem_type=["multiple_choice"] * 2) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("<think>look at frame 3</think><answer>B</answer>", 1.0),
+        ("<think>x</think>\n<answer>B</answer>\n", 1.0),
+        ("<answer>B</answer>", 1.0),  # thinking is optional
+        ("<answer>B</answer><think>late</think>", 0.0),  # think after the answer
+        ("<think>x</think><answer></answer>", 0.0),  # empty answer
+        ("<think>x</think><answer>B</answer><answer>C</answer>", 0.0),  # two answers
+        ("Sure! <answer>B</answer>", 0.0),  # text outside the tags
+        ("<think>x<answer>B</answer></think>", 0.0),  # nested
+        ("<think>x</think>B", 0.0),
+        ("<answer>B", 0.0),
+    ],
+)
+def test_format(completion, expected):
+    assert format_reward([completion]) == [expected]
+
+
+def test_overlong_hand_computed():
+    # Lmax = 100, C = 20: <= 80 -> 0; 90 -> (80 - 90) / 20 = -0.5; 100 -> -1.0; 101 -> -1
+    out = overlong(["x"] * 5, completion_lengths=[10, 80, 90, 100, 101], max_completion_length=100, overlong_buffer=20)
+    assert out == [0.0, 0.0, -0.5, -1.0, -1.0]
+    with pytest.raises(TypeError, match="completion_lengths"):
+        overlong(["x"], max_completion_length=100)
+
+
+def test_load_reward_builtin_and_file(tmp_path):
+    assert load_reward("format") is REWARDS["format"]
+    f = tmp_path / "my_reward.py"
+    f.write_text("def length_reward(completions, **kwargs):\n    return [float(len(c)) for c in completions]\n")
+    fn = load_reward(f"{f}:length_reward")
+    assert fn(["ab", "abc"]) == [2.0, 3.0]
+    with pytest.raises(ValueError, match="no callable 'missing'"):
+        load_reward(f"{f}:missing")
+    with pytest.raises(FileNotFoundError):
+        load_reward(f"{tmp_path / 'nope.py'}:f")
+    with pytest.raises(ValueError, match="unknown reward"):
+        load_reward("acuracy")
+
+
+def test_runner_values_with_none_and_extras():
+    def only_long(completions, **kw):
+        return [None if len(c) < 5 else 1.0 for c in completions]
+
+    runner = RewardRunner(["format", only_long, "overlong"], [1.0, 0.5, 1.0])
+    res = runner(["<answer>B</answer>", "B"], {"answer": ["B", "B"]}, ["s0", "s1"],
+                 completion_lengths=[3, 10], max_completion_length=10, overlong_buffer=4)
+    expected = torch.tensor([[1.0, 1.0, 0.0], [0.0, math.nan, -1.0]])  # length 10 = Lmax -> (6 - 10) / 4 = -1
+    torch.testing.assert_close(res.values, expected, equal_nan=True)
+    assert res.errors == 0 and res.names == ["format", "only_long", "overlong"]
+    torch.testing.assert_close(runner.weights, torch.tensor([1.0, 0.5, 1.0]))
+
+
+def _fails_on_bad(completions, **kw):
+    if any("bad" in c for c in completions):
+        raise KeyError("boom")
+    return [1.0] * len(completions)
+
+
+def test_runner_names_function_and_sample_on_raise():
+    runner = RewardRunner([_fails_on_bad], [1.0])
+    with pytest.raises(RewardError, match=r"'_fails_on_bad' on sample 'id-2'.*KeyError"):
+        runner(["ok", "ok", "bad", "ok"], {}, ["id-0", "id-1", "id-2", "id-3"])
+
+
+def test_runner_on_error_zero_counts():
+    runner = RewardRunner([_fails_on_bad, "format"], [1.0, 1.0], on_error="zero")
+    res = runner(["ok", "bad", "bad"], {}, ["a", "b", "c"])
+    torch.testing.assert_close(res.values[:, 0], torch.tensor([1.0, 0.0, 0.0]))
+    assert res.errors == 2
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "1.0", [1.0]])
+def test_runner_rejects_non_numbers(bad):
+    def returns_bad(completions, **kw):
+        return [1.0, bad]
+
+    with pytest.raises(RewardError, match=r"'returns_bad' on sample 'y'.*not a finite number"):
+        RewardRunner([returns_bad], [1.0])(["a", "b"], {}, ["x", "y"])
+    res = RewardRunner([returns_bad], [1.0], on_error="zero")(["a", "b"], {}, ["x", "y"])
+    assert res.values[:, 0].tolist() == [1.0, 0.0] and res.errors == 1
+
+
+def test_runner_wrong_length_always_raises():
+    def short(completions, **kw):
+        return [1.0]
+
+    for mode in ("raise", "zero"):
+        with pytest.raises(RewardError, match=r"'short'.*returned 1 values for 2 completions.*'p', 'q'"):
+            RewardRunner([short], [1.0], on_error=mode)(["a", "b"], {}, ["p", "q"])
+
+
+def test_runner_checks_lengths():
+    runner = RewardRunner(["format"], [1.0])
+    with pytest.raises(ValueError, match="column 'answer'"):
+        runner(["a", "b"], {"answer": ["x"]}, ["1", "2"])
+    with pytest.raises(ValueError, match="weights"):
+        RewardRunner(["format"], [1.0, 2.0])
