@@ -60,3 +60,8 @@ def test_all_good_exits_zero(mixed, tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text("\n".join(mixed.read_text().splitlines()[:2]).replace('"good.', f'"{mixed.parent}/good.'))
     assert cli_main(["check-data", str(good)]) == 0
+
+
+def test_unreadable_dataset_file_is_a_usage_error(tmp_path, capsys):
+    assert cli_main(["check-data", str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl" in capsys.readouterr().err

@@ -230,3 +230,18 @@ def test_disk_cache_survives_a_new_process_and_sees_file_changes(tmp_path, count
     write_video(path, solid_frames(12, 56, 56, (0, 200, 0)), fps=6)  # same path, new content
     changed = decode_media(Media("video", str(path)), vision, MediaCache(0, vision.disk_cache))
     assert len(counted_decoder) == 2 and not torch.equal(changed.frames, first.frames)
+
+
+def test_opencv_takes_over_when_decord_fails(clip, monkeypatch):
+    from mmgrpo.processors import video as video_module
+
+    with_decord = decode_video(Media("video", str(clip)), VisionConfig())
+
+    class Broken:
+        def __init__(self, path):
+            raise RuntimeError("decord cannot open this")
+
+    monkeypatch.setattr(video_module, "DecordReader", Broken)
+    with_opencv = decode_video(Media("video", str(clip)), VisionConfig())
+    assert with_opencv.frames.shape == with_decord.frames.shape and with_opencv.fps == with_decord.fps
+    assert (with_opencv.frames.float() - with_decord.frames.float()).abs().mean() < 3  # same frames, two decoders

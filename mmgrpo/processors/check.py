@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
 
@@ -100,7 +101,11 @@ def main(argv: list[str]) -> int:
         encoder = PromptEncoder(load_processor(args.model, cfg.model.trust_remote_code), cfg.vision, cache)
     records: list[Record] = []
     for path in args.data:
-        result = load_samples(path, cfg.data.format, "skip", cfg.data.system_prompt, cfg.data.prompt_suffix)
+        try:
+            result = load_samples(path, cfg.data.format, "skip", cfg.data.system_prompt, cfg.data.prompt_suffix)
+        except (OSError, ValueError) as e:  # the file itself is unusable: nothing per sample to report
+            print(f"mmgrpo check-data: {path}: {e}", file=sys.stderr)
+            return 2
         for e in result.skipped:
             records.append(Record(id=e.sample_id or e.sample_ref, ok=False, source=str(path), error=str(e), kind=e.kind))
         records += [check_sample(s, encoder, cfg.vision, cache) for s in result.samples]
@@ -113,7 +118,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     logging.basicConfig(level=logging.WARNING)
     sys.exit(main(sys.argv[1:]))
