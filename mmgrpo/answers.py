@@ -21,7 +21,9 @@ _WHOLE_LETTER = re.compile(r"\(?([A-Za-z])\)?[.:)]?")
 _LEADING_LETTER = re.compile(r"\(?([A-Z])(?:\)|\.|:|\)\.)\s+\S")  # "B) text", "B. text", "(B) text"
 _ANSWER_IS = re.compile(r"(?i:answer|option|choice)\s*(?i:is|:|=)?\s*(?i:option\s*)?\(?([A-Z])\b\)?")
 _PAREN_LETTER = re.compile(r"\(([A-Z])\)")
-_NUMBER_STRICT = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d*\.\d+|\d+)(?:[eE][-+]?\d+)?(?:\s*/\s*\d+)?")
+_NUMBER_STRICT = re.compile(
+    r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d*\.\d+|\d+)(?:[eE][-+]?\d+)?(?:\s*/\s*\d+)?"
+)
 _ANSWER_NUMBER = re.compile(r"answer\s*(?:is|:|=)\s*\$?\s*([-+]?[\d.,]+(?:[eE][-+]?\d+)?)", re.IGNORECASE)
 # A whole answer that is a list of 2+ single letters / numbers: "A or B or C", "3, 4", "1 and 2".
 # ("," must be followed by a space so that "1,234" stays one number; "/" is left to fractions.)

@@ -167,8 +167,10 @@ def test_gradient_accumulation_matches_trl(tmp_path, loss_type):
     trl_total, our_total = 0.0, 0.0
     for s in parts:
         flat = slice(s.start * G, s.stop * G)
-        trl_total = trl_total + _trl_loss(args, trl_lp[flat], _trl_inputs(old[s], ref[s], mask[s], adv[s], n_items), 2)[0]
-        our_total = our_total + compute_loss(LossInputs(our_lp[s], old[s], ref[s], adv[s], mask[s], zs[s]), cfg, norm).loss
+        trl_inputs = _trl_inputs(old[s], ref[s], mask[s], adv[s], n_items)
+        trl_total = trl_total + _trl_loss(args, trl_lp[flat], trl_inputs, grad_accum=2)[0]
+        ours = LossInputs(our_lp[s], old[s], ref[s], adv[s], mask[s], zs[s])
+        our_total = our_total + compute_loss(ours, cfg, norm).loss
     trl_total.backward()
     our_total.backward()
     torch.testing.assert_close(our_total, trl_total, atol=1e-6, rtol=0)

@@ -168,5 +168,7 @@ def compute_advantages(
     if combine == "normalize_then_sum":
         adv, zero_std = group_advantages(total, "none", eps, center=False, scorable=scorable)  # [B, G], [B]
     else:
-        adv, zero_std = group_advantages(total, scale, eps, std_normalize=std_normalize, scorable=scorable)
+        adv, zero_std = group_advantages(  # [B, G], [B]
+            total, scale, eps, std_normalize=std_normalize, scorable=scorable
+        )
     return Advantages(advantages=adv, zero_std=zero_std, total=total, scorable=scorable)

@@ -161,9 +161,11 @@ def _kl_term(x: LossInputs, cfg: LossConfig, ratio: Tensor) -> tuple[Tensor, Ten
 
     `ratio` ([B, G, T] or [B, G, 1], pi_theta / pi_old) weights the k3 term when
     cfg.kl_importance_weight: samples come from pi_old, and the weight makes the KL gradient the
-    unbiased reverse-KL gradient (DeepSeek-V3.2 report, arXiv 2512.02556); it changes the gradient even on-policy."""
+    unbiased reverse-KL gradient (DeepSeek-V3.2 report, arXiv 2512.02556); it changes the gradient
+    even on-policy."""
     if cfg.beta == 0.0:
-        return torch.zeros_like(x.logp), torch.zeros((), dtype=x.logp.dtype, device=x.logp.device)
+        zero = torch.zeros((), dtype=x.logp.dtype, device=x.logp.device)  # []
+        return torch.zeros_like(x.logp), zero  # [B, G, T], []
     if x.ref_logp is None:
         raise ValueError(f"loss.beta = {cfg.beta} needs ref_logp (the reference forward), got None")
     kl = _k3_kl(x)  # [B, G, T]
@@ -208,7 +210,8 @@ def clipped_token_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> Loss
     kl_tok, kl_mean = _kl_term(x, cfg, ratio)  # [B, G, T], []
     per_token = _clipped_surrogate(ratio, adv, cfg) + kl_tok  # [B, G, T]
     loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
-    metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(), **_clip_metrics(ratio, adv, x.mask, cfg)}
+    metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(),  # [] each
+               **_clip_metrics(ratio, adv, x.mask, cfg)}
     return LossOutput(loss=loss, metrics=metrics)
 
 
@@ -227,7 +230,8 @@ def gspo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
     kl_tok, kl_mean = _kl_term(x, cfg, ratio)  # [B, G, T], []
     per_token = _clipped_surrogate(ratio, adv, cfg).expand_as(log_ratio) + kl_tok  # [B, G, T]
     loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
-    metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(), **_clip_metrics(ratio, adv, x.mask, cfg)}
+    metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(),  # [] each
+               **_clip_metrics(ratio, adv, x.mask, cfg)}
     return LossOutput(loss=loss, metrics=metrics)
 
 

@@ -193,7 +193,9 @@ class RewardRunner:
             raise ValueError(f"on_error must be 'raise' or 'zero', got {on_error!r}")
         self.functions = [load_reward(f) for f in functions]
         builtin = {id(fn): name for name, fn in REWARDS.items()}
-        self.names = [f if isinstance(f, str) else builtin.get(id(f), getattr(f, "__name__", repr(f))) for f in functions]
+        self.names = [
+            f if isinstance(f, str) else builtin.get(id(f), getattr(f, "__name__", repr(f))) for f in functions
+        ]
         self.weights = torch.tensor([float(w) for w in weights])  # [R]
         self.on_error = on_error
 
@@ -210,7 +212,9 @@ class RewardRunner:
                               f"returned {got} values for {len(completions)} completions (samples {ids})")
         return list(out)
 
-    def _run_one(self, r: int, completions: list, columns: dict, ids: list[str], extra: dict) -> tuple[list[float], int]:
+    def _run_one(
+        self, r: int, completions: list, columns: dict, ids: list[str], extra: dict
+    ) -> tuple[list[float], int]:
         fn, name = self.functions[r], self.names[r]
         try:
             raw = self._call(fn, name, completions, columns, ids, extra)
@@ -237,7 +241,9 @@ class RewardRunner:
             values.append(number)
         return values, errors
 
-    def __call__(self, completions: list, columns: dict[str, list], sample_ids: list[str], **extra: Any) -> RewardResult:
+    def __call__(
+        self, completions: list, columns: dict[str, list], sample_ids: list[str], **extra: Any
+    ) -> RewardResult:
         n = len(completions)
         if len(sample_ids) != n:
             raise ValueError(f"{len(sample_ids)} sample ids for {n} completions")
