@@ -7,6 +7,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 
 from media import counting_frames, write_image, write_video
 from mmgrpo.config import DataConfig
@@ -206,3 +207,22 @@ def test_load_samples_from_config_concatenates(media_dir):
     assert len(train.samples) == 5 and train.samples[2].source.endswith("b/d.jsonl")
     assert train.samples[0].question_text() == "q0\nS"
     assert len(load_samples_from_config(cfg, "eval").samples) == 3
+
+
+@pytest.mark.parametrize("kind", ["dataset", "saved", "parquet"])
+def test_embedded_images_of_a_datasets_image_column(tmp_path, kind):
+    from PIL import Image
+
+    from mmgrpo.config import VisionConfig
+    from mmgrpo.processors import decode_media
+
+    pixels = counting_frames(1, 56, 84)[0]  # [H, W, 3], sides already multiples of 28: no resize
+    prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    ds = datasets.Dataset.from_dict({"prompt": [prompt], "images": [[Image.fromarray(pixels)]], "answer": ["bar"]})
+    assert "Image" in repr(ds.features["images"])  # stored as encoded bytes, decoded lazily by datasets
+    source = ds if kind == "dataset" else write_rows(ds.to_list(), tmp_path, kind)
+    sample = load_samples(source).samples[0]
+    media = sample.media[0]
+    assert media.kind == "image" and media.data and "embedded image" in media.source
+    frames = decode_media(media, VisionConfig()).frames  # [1, 3, 56, 84]
+    assert torch.equal(frames[0].permute(1, 2, 0), torch.from_numpy(pixels))

@@ -30,7 +30,9 @@ def _stat(path: str) -> list:
 
 def media_key(media: Media, budget: Budget) -> str:
     """Hex digest naming (source files as they are now, budget). Missing files raise OSError."""
-    if isinstance(media.source, list):
+    if media.data is not None:  # embedded image: its bytes are its identity
+        files = [hashlib.sha256(media.data).hexdigest()]
+    elif isinstance(media.source, list):
         files = [_stat(p) for p in media.source]
     elif os.path.isdir(media.source):
         # a folder's mtime changes when frames are added or removed; the listing catches renames

@@ -41,7 +41,7 @@ def decode_media(media: Media, vision: VisionConfig, cache: MediaCache | None = 
             return decode_video(media, vision)
         if not isinstance(media.source, str):
             raise MediaError(str(media.source)[:200], "an image source must be one file path", "bad_column")
-        image = load_image(media.source)
+        image = load_image(media.source, media.data)
         try:
             frames = image_frames(image, budget)  # [1, 3, H, W] uint8
         except ValueError as e:  # aspect ratio beyond Qwen's 200:1

@@ -18,7 +18,9 @@ split out, surrounding whitespace stripped), so write options there the same way
 samples. `source` and `columns` always differ between formats: `columns` keeps every column of the
 row (answer / solution included) for reward functions. Per-sample media options (`fps`, `nframes`,
 `min_pixels`, `max_pixels`, `total_pixels`, `start`, `end`, ...) come from columns and, refining
-those, from content items. `DataConfig.system_prompt` is added when a row has no system message of
+those, from content items. Media are file paths (relative ones resolve against the dataset file's
+folder; a datasets folder is its own base, an in-memory Dataset uses the cwd) or, for images,
+the embedded bytes of a datasets `Image` column. `DataConfig.system_prompt` is added when a row has no system message of
 its own; `prompt_suffix` goes on a new line after the last user text.
 """
 from __future__ import annotations
@@ -86,7 +88,7 @@ def read_rows(source: Any, split: str | None = None) -> tuple[list[Any], str, st
     import datasets
 
     if isinstance(source, datasets.Dataset):
-        return list(source), f"<dataset {source.info.dataset_name or 'in memory'}>", os.getcwd()
+        return _raw_rows(source), f"<dataset {source.info.dataset_name or 'in memory'}>", os.getcwd()
     path = Path(source)
     if path.is_dir():
         loaded = datasets.load_from_disk(str(path))
@@ -95,7 +97,7 @@ def read_rows(source: Any, split: str | None = None) -> tuple[list[Any], str, st
             if split is None and len(names) != 1:
                 raise ValueError(f"{path} holds splits {names}; pass split=")
             loaded = loaded[split or names[0]]
-        return list(loaded), str(path), str(path)
+        return _raw_rows(loaded), str(path), str(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset file not found: {path}")
     base = str(path.parent.resolve())
@@ -112,6 +114,12 @@ def read_rows(source: Any, split: str | None = None) -> tuple[list[Any], str, st
 
         return pq.read_table(path).to_pylist(), str(path), base
     raise ValueError(f"{path}: unsupported dataset file type {suffix!r} (jsonl, json, parquet, or a datasets folder)")
+
+
+def _raw_rows(ds: Any) -> list[dict]:
+    """Rows as stored: an `Image` column stays {"bytes", "path"} instead of being decoded into PIL
+    images for the whole dataset up front (each image is decoded when its sample is encoded)."""
+    return ds.with_format("arrow")[0 : len(ds)].to_pylist()
 
 
 def _json_line(line: str) -> Any:
@@ -139,6 +147,14 @@ def _entries(row: _Row, *names: str) -> list[Any]:
     return []
 
 
+def _media(row: _Row, value: Any, kind: str, options: MediaOptions) -> Media:
+    if kind == "image" and isinstance(value, dict) and value.get("bytes") is not None:
+        # datasets' Image feature with the image embedded: `path` is only its original name
+        name = f"<embedded image {value.get('path') or ''} of row {row.index}>"
+        return Media(kind, name, options, data=bytes(value["bytes"]))
+    return Media(kind, _resolve(row, value, kind), options)
+
+
 def _resolve(row: _Row, value: Any, kind: str) -> str | list[str]:
     if isinstance(value, dict) and isinstance(value.get("path"), str):  # datasets' {"bytes", "path"}
         value = value["path"]
@@ -146,7 +162,7 @@ def _resolve(row: _Row, value: Any, kind: str) -> str | list[str]:
         return [_resolve(row, v, "frame") for v in value]
     if not isinstance(value, str) or not value:
         raise row.bad(
-            f"{kind} entry must be a file path (embedded image data is not supported), got {type(value).__name__}",
+            f"{kind} entry must be a file path or embedded image bytes, got {type(value).__name__}",
             "unsupported_media" if value is not None else "bad_column",
         )
     if value.startswith(("http://", "https://")):
@@ -233,7 +249,7 @@ def _trl(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any
                 items.append({"type": "text", "text": str(item.get("text", ""))})
             elif kind in ("image", "video"):
                 value = item[kind] if item.get(kind) is not None else pools[kind].take()
-                media.append(Media(kind, _resolve(row, value, kind), media_options(item, row.ref, options)))
+                media.append(_media(row, value, kind, media_options(item, row.ref, options)))
                 items.append({"type": kind})
             else:
                 raise row.bad(f"unsupported content item type {kind!r}", "unsupported_media")
@@ -257,7 +273,7 @@ def _swift(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], A
         for piece in _TAG.split(message["content"]):
             if piece in ("<image>", "<video>"):
                 kind = piece[1:-1]
-                media.append(Media(kind, _resolve(row, pools[kind].take(), kind), options))
+                media.append(_media(row, pools[kind].take(), kind, options))
                 items.append({"type": kind})
             elif piece.strip():
                 items.append({"type": "text", "text": piece.strip()})
@@ -271,8 +287,8 @@ def _plain(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], A
     question = row.data["question"]
     if not isinstance(question, str) or not question.strip():
         raise row.bad(f"column 'question' must be a non-empty string, got {question!r}"[:200])
-    media = [Media("image", _resolve(row, v, "image"), options) for v in _entries(row, "images", "image")]
-    media += [Media("video", _resolve(row, v, "video"), options) for v in _entries(row, "videos", "video")]
+    media = [_media(row, v, "image", options) for v in _entries(row, "images", "image")]
+    media += [_media(row, v, "video", options) for v in _entries(row, "videos", "video")]
     opts = normalize_options(row.data.get("options"), row.ref)
     text = render_options(question, opts) if opts else question.strip()
     content = [{"type": m.kind} for m in media] + [{"type": "text", "text": text}]

@@ -1,6 +1,7 @@
 """Images: open with PIL, apply EXIF orientation, convert every mode to RGB, resize to the budget."""
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -22,17 +23,21 @@ def check_file(path: str) -> None:
         raise MediaError(path, "file is empty (0 bytes)", "empty_media")
 
 
-def load_image(path: str) -> Image.Image:
-    """The image at `path` as RGB, upright (EXIF orientation applied).
+def load_image(path: str, data: bytes | None = None) -> Image.Image:
+    """The image at `path` (or encoded in `data`, which `path` then only names) as RGB, upright
+    (EXIF orientation applied).
 
     Transparent images (RGBA, LA, palette with transparency) are composited on white, as
     qwen-vl-utils does; CMYK, greyscale and palette images are converted; 16-bit greyscale is
     scaled to 8 bits rather than clipped."""
-    check_file(path)
-    if os.path.isdir(path):
-        raise MediaError(path, "is a folder, not an image file", "unsupported_media")
+    if data is None:
+        check_file(path)
+        if os.path.isdir(path):
+            raise MediaError(path, "is a folder, not an image file", "unsupported_media")
+    elif not data:
+        raise MediaError(path, "embedded image is empty (0 bytes)", "empty_media")
     try:
-        with Image.open(path) as opened:
+        with Image.open(path if data is None else io.BytesIO(data)) as opened:
             opened.load()  # truncated files fail here, not later in a worker
             image = ImageOps.exif_transpose(opened)
             return _to_rgb(image)

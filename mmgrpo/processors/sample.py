@@ -42,6 +42,9 @@ class Media:
     # a file path, a folder of frames, or a list of frame paths (video only); resolved to absolute
     source: str | list[str]
     options: MediaOptions = field(default_factory=MediaOptions)
+    # encoded image bytes when the dataset embeds the image (datasets' Image feature) instead of
+    # pointing at a file; `source` then only names it in messages
+    data: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
