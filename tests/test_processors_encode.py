@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import numpy as np
 import pytest
 import torch
 import transformers
 
-from media import counting_frames, write_image, write_video
+from media import counting_frames, truncate, write_corrupt, write_empty, write_image, write_video
 from mmgrpo.config import VisionConfig
 from mmgrpo.processors import (
     BadSampleError,
@@ -141,11 +140,20 @@ def test_two_step_api_carries_perturbed_frames(tiny, files):
     assert torch.equal(again.vision.pixel_values_videos, clean.vision.pixel_values_videos)
 
 
-def test_decode_errors_name_the_sample(tiny, files, tmp_path):
-    broken = tmp_path / "broken.mp4"
-    broken.write_bytes(np.random.default_rng(0).integers(0, 256, 2048, dtype=np.uint8).tobytes())
-    sample = make_sample({"video": str(broken)}, ["video"])
+@pytest.mark.parametrize(
+    "kind, make, error",
+    [
+        ("video", lambda d: write_corrupt(d / "noise.mp4"), "corrupt_media"),
+        ("video", lambda d: truncate(write_video(d / "cut.mp4", counting_frames(20, 56, 56), 10), 0.6), "corrupt_media"),
+        ("video", lambda d: write_empty(d / "empty.avi"), "empty_media"),
+        ("image", lambda d: write_corrupt(d / "noise.jpg"), "corrupt_media"),
+        ("image", lambda d: d / "gone.png", "missing_media"),
+    ],
+)
+def test_decode_errors_name_the_sample(tiny, tmp_path, kind, make, error):
+    path = make(tmp_path)
+    sample = make_sample({kind: str(path)}, [kind])
     with pytest.raises(BadSampleError) as info:
         encoder(tiny).encode(sample)
-    assert info.value.kind == "corrupt_media" and "'s1' (row 0 in test)" in str(info.value)
-    assert str(broken) in str(info.value) and info.value.sample_id == "s1"
+    assert info.value.kind == error and "'s1' (row 0 in test)" in str(info.value)
+    assert str(path) in str(info.value) and info.value.sample_id == "s1"
