@@ -55,6 +55,7 @@ class VisionConfig:
     max_prompt_length: int = 4096  # tokens, vision included; never truncated through vision tokens
     fit: Literal["shrink", "reject"] = "shrink"  # what to do when the vision tokens do not fit
     cache_size: int = 256  # decoded clips kept in memory (LRU)
+    prompt_cache_size: int = 64  # encoded prompts (pixel values included) kept by the trainer (LRU)
     disk_cache: str | None = None  # folder for the on-disk frame cache
 
 
@@ -141,6 +142,9 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: int = 64
     limit: int | None = None
+    num_samples: int = 1  # K completions per prompt: 1 = greedy; K > 1 sampled (pass@K, majority vote)
+    temperature: float = 1.0  # sampling temperature, used only when num_samples > 1
+    seed: int = 0  # sampling seed (num_samples > 1); the caller's RNG state is left untouched
 
 
 @dataclass
