@@ -97,7 +97,10 @@ def generate_batch(model: torch.nn.Module, processor, prompts: list[PromptInputs
     batch = collate_prompts(prompts, pad_id, repeat=s.num_samples).to(device, _model_dtype(model))
     eos = eos_ids(model, processor)
     sample = s.num_samples > 1
+    # every decoding knob explicit: a checkpoint's generation_config.json may sample, truncate
+    # (top_k / top_p) or penalise repetition (Qwen2.5-VL ships repetition_penalty=1.05)
     knobs = dict(do_sample=True, temperature=s.temperature, top_p=1.0, top_k=0) if sample else dict(do_sample=False)
+    knobs["repetition_penalty"] = 1.0
     # sampling must not move the caller's RNG (the trainer evaluates mid-run), and must be repeatable
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if sample else contextlib.nullcontext()
     t0 = time.perf_counter()
