@@ -52,14 +52,24 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
 
 
 def encode(run: Run, sample: Sample) -> PromptInputs | None:
-    """A bad sample raises (naming it) unless the user asked for skips: then it is counted."""
+    """Encoded prompt of an original sample, from the LRU when seen before (encoding is a pure
+    function of the sample and the budget; the video processor is a real per-step cost). A bad
+    sample raises (naming it) unless the user asked for skips: then it is counted."""
+    cache = run.prompt_cache
+    if sample.id in cache:
+        cache.move_to_end(sample.id)
+        return cache[sample.id]
     try:
-        return run.encoder.encode(sample)
+        prompt = run.encoder.encode(sample).to(run.device)
     except BadSampleError:
         if run.cfg.data.on_bad_sample == "raise":
             raise
         run.state.counters["skipped_samples"] = run.state.counters.get("skipped_samples", 0) + 1
         return None
+    cache[sample.id] = prompt
+    while len(cache) > run.cfg.vision.prompt_cache_size:
+        cache.popitem(last=False)
+    return prompt
 
 
 def rollout_prompt(run: Run, prompt: PromptInputs, stream: int, augmentation: str = "none") -> Group:
@@ -80,7 +90,7 @@ def rollout(run: Run, prompts: list[tuple[int, Sample]]) -> list[Group]:
     for index, sample in prompts:
         prompt = encode(run, sample)
         if prompt is not None:
-            groups.append(rollout_prompt(run, prompt.to(run.device), index))
+            groups.append(rollout_prompt(run, prompt, index))
     return groups
 
 
@@ -91,7 +101,9 @@ def score(run: Run, groups: list[Group]) -> None:
         columns = {k: [v] * g.size for k, v in sample.columns.items()}
         lengths = g.completion_mask.sum(dim=1).tolist()  # [G]
         result = run.rewards(g.texts, columns, [sample.id] * g.size, completion_lengths=lengths,
-                             max_completion_length=run.cfg.generation.max_new_tokens)
+                             max_completion_length=run.cfg.generation.max_new_tokens,
+                             overlong_buffer=run.cfg.reward.overlong_buffer,
+                             numeric_tolerance=run.cfg.reward.numeric_tolerance)
         g.rewards = result.values  # [G, R]
         run.state.counters["reward_errors"] = run.state.counters.get("reward_errors", 0) + result.errors
 

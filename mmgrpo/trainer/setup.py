@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class Run:
     state: ckpt.TrainerState
     logger: MetricsLogger
     augment: Any | None  # mmgrpo.augment.DifficultyScheduler when cfg.augment.enabled
+    prompt_cache: OrderedDict = field(default_factory=OrderedDict)  # sample id -> PromptInputs (LRU)
 
     @property
     def device(self) -> torch.device:
