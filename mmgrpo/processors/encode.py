@@ -79,12 +79,13 @@ class PromptEncoder:
 
     def load_media(self, sample: Sample) -> list[LoadedMedia]:
         """Decoded, resized frames for each `sample.media` item, fitted to `max_prompt_length`
-        (a too-long prompt is re-decoded at the smaller size from the source, not upscaled later)."""
+        (media of a too-long prompt are decoded again from the source at the smaller budget, rather
+        than resized twice; both decodes are cached)."""
         media = [self._decode(sample, m) for m in sample.media]
         sizes = self._fit(sample, media)
         for i, (item, (h, w)) in enumerate(zip(sample.media, sizes)):
             if tuple(media[i].frames.shape[-2:]) != (h, w):
-                pixels = h * w  # re-decode with exactly this budget; smart_resize lands on (h, w)
+                pixels = h * w  # smart_resize from the source size stays within h * w: it still fits
                 options = dataclasses.replace(item.options, max_pixels=pixels, total_pixels=None)
                 options.min_pixels = min(resolve_budget(item.options, self.vision).min_pixels, pixels)
                 media[i] = self._decode(sample, dataclasses.replace(item, options=options))
