@@ -58,6 +58,14 @@ def test_benchmark_rows_map_to_samples(tmp_path, clip):
     assert s4.answer == "A" and s4.options == ["A. left", "B. right"]
 
 
+def test_relative_media_root_is_taken_from_the_working_directory(tmp_path, clip, monkeypatch):
+    (tmp_path / "json").mkdir()
+    path = write_json(tmp_path / "json" / "t.json", [{"video": "clip.mp4", "question": "Q?", "candidates": ["x", "y"], "answer": 0}])
+    monkeypatch.chdir(tmp_path)
+    (sample,) = load_eval_data([str(path)], media_root="videos")
+    assert sample.media[0].source == str(clip)
+
+
 def test_bad_rows_become_errors_with_ids(tmp_path, clip):
     rows = [
         {"video": "videos/clip.mp4", "question": "Q?", "candidates": ["x", "y"], "answer": 0},

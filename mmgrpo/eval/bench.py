@@ -193,6 +193,7 @@ def load_eval_data(
     """Every row of every file, in order: a `Sample`, or a `LoadError` saying why not (raised
     instead with `strict`). Ids are made unique across files (see `unique_ids`)."""
     items: list[Sample | LoadError] = []
+    media_root = os.path.abspath(media_root) if media_root else None  # rows resolve against their own folder
     for path in paths:
         rows, source, base_dir = read_bench_rows(path)
         for index, data in enumerate(rows):
