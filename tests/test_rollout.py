@@ -24,6 +24,15 @@ from mmgrpo.trainer.rollout import Sampler, finalize, generate_group, prefill_sh
 VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model's ops are too small to gain from threads, and on a shared 2-core machine
+    intra-op threads contend with other processes (about 2x slower here); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def make_prompt(processor, kinds: list[str], seed: int = 0) -> PromptInputs:
     """A processed prompt with one media item per entry of `kinds` ("image" / "video")."""
     rng = np.random.default_rng(seed)

@@ -55,9 +55,11 @@ def keep_lengths(completion_mask: Tensor) -> Tensor:
     """Per completion, the number of leading tokens that matter: up to and including the last token
     with mask 1. Masked-out tokens before it stay (they are context for later ones); trailing
     padding is dropped."""
-    C = completion_mask.shape[1]
-    cols = torch.arange(1, C + 1, device=completion_mask.device)  # [C]
-    return (completion_mask.bool() * cols).amax(dim=1) if C else completion_mask.new_zeros(completion_mask.shape[0])
+    G, C = completion_mask.shape
+    if C == 0:
+        return torch.zeros(G, dtype=torch.long, device=completion_mask.device)
+    cols = torch.arange(1, C + 1, device=completion_mask.device)  # [C], 1-based column numbers
+    return (completion_mask.bool() * cols).amax(dim=1)  # [G] long
 
 
 @dataclass
