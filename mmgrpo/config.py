@@ -54,7 +54,7 @@ class VisionConfig:
     total_pixels: int | None = None  # whole video budget (all frames)
     max_prompt_length: int = 4096  # tokens, vision included; never truncated through vision tokens
     fit: Literal["shrink", "reject"] = "shrink"  # what to do when the vision tokens do not fit
-    cache_size: int = 256  # decoded clips kept in memory (LRU)
+    cache_size: int = 64  # decoded clips kept in memory (LRU; 16 frames at 448x448 ~ 10 MB each)
     prompt_cache_size: int = 64  # encoded prompts (pixel values included) kept by the trainer (LRU)
     disk_cache: str | None = None  # folder for the on-disk frame cache
 

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from mmgrpo.config import (
-    AugmentConfig, DataConfig, EvalConfig, GenerationConfig, LoraConfig, LossConfig, ModelConfig, OptimConfig,
-    RewardConfig, SFTConfig, TrainConfig, VisionConfig, load_config,
+    DataConfig, EvalConfig, LoraConfig, ModelConfig, OptimConfig, SFTConfig, TrainConfig, VisionConfig, load_config,
 )
 from mmgrpo.demo.task import SUFFIX, TaskSpec, make_task
 from mmgrpo.models.tiny import TinySpec, save_tiny
@@ -50,9 +49,15 @@ def rl_config(start: Path, data: Path, heldout: Path, out: Path, overrides: list
 
 def accuracy(model_dir: Path, data: Path, vision: VisionConfig) -> float:
     """Greedy held-out accuracy through the evaluator (`mmgrpo eval`'s code path)."""
-    from mmgrpo.eval.runner import evaluate_path
+    from mmgrpo.eval.bench import load_eval_data
+    from mmgrpo.eval.runner import evaluate
+    from mmgrpo.models.loading import load_base_model, load_processor
 
-    return evaluate_path(model_dir, data, EvalConfig(batch_size=16, max_new_tokens=8), vision, SUFFIX).accuracy
+    model = load_base_model(ModelConfig(name_or_path=str(model_dir), dtype="fp32")).eval()
+    samples = load_eval_data([str(data)], prompt_suffix=SUFFIX, strict=True)
+    result = evaluate(model, load_processor(str(model_dir)), samples, EvalConfig(batch_size=16, max_new_tokens=8),
+                      vision, progress=False)
+    return result.metrics.accuracy
 
 
 def main(argv: list[str] | None = None) -> int:

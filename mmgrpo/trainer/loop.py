@@ -166,7 +166,8 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Path:
 def evaluate_heldout(run: Run) -> dict[str, float]:
     from mmgrpo.eval.runner import evaluate
 
-    result = evaluate(run.policy, run.processor, run.eval_samples, run.cfg.eval, run.cfg.vision, progress=False)
+    result = evaluate(run.policy, run.processor, run.eval_samples, run.cfg.eval, run.cfg.vision, progress=False,
+                      encoder=run.encoder)
     return {f"eval/{k}": v for k, v in result.flat_metrics().items()}
 
 
