@@ -67,7 +67,7 @@ def sft(cfg: SFTConfig) -> Path:
         optimizer.zero_grad(set_to_none=True)
         state.step = step + 1
         if state.step % cfg.log_every == 0:
-            logger.log(state.step, {"sft/loss": float(loss), "grad_norm": float(grad_norm), "tokens": tokens})
+            logger.log(state.step, {"sft/loss": float(loss.detach()), "grad_norm": float(grad_norm), "tokens": tokens})
         if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.max_steps:
             _save(cfg, state, acc, model, processor, optimizer, sched)
     logger.close()
