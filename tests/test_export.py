@@ -288,3 +288,84 @@ def test_find_checkpoint_picks_latest_step(tmp_path):
     assert find_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     with pytest.raises(ExportError, match="no checkpoint-STEP"):
         find_checkpoint(tmp_path / "checkpoint-11")
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints written by the trainer
+
+
+def heldout_answers(model, processor, data: Path, vision) -> tuple[float, list[list[str]]]:
+    """Greedy held-out accuracy and raw outputs through the evaluator (`mmgrpo eval`'s code path)."""
+    from mmgrpo.config import EvalConfig
+    from mmgrpo.demo.task import SUFFIX
+    from mmgrpo.eval.bench import load_eval_data
+    from mmgrpo.eval.runner import evaluate
+
+    samples = load_eval_data([str(data)], prompt_suffix=SUFFIX, strict=True)
+    result = evaluate(model, processor, samples, EvalConfig(batch_size=8, max_new_tokens=8), vision, progress=False)
+    return result.metrics.accuracy, [r.raw_outputs for r in result.records]
+
+
+def test_lora_checkpoint_from_mmgrpo_train(tiny_dir, tmp_path, capsys):
+    """`mmgrpo train` with LoRA (a length reward, so that the advantages and the adapter are not
+    zero), then `mmgrpo merge` on the run folder: verified, and the merged folder answers the
+    held-out questions exactly as base + adapter."""
+    from mmgrpo.config import TrainConfig, load_config
+    from mmgrpo.demo.run import DEMO_CONFIG
+    from mmgrpo.demo.task import TaskSpec, make_task
+    from mmgrpo.models.export import inspect_checkpoint, load_checkpoint, load_vl_model
+    from mmgrpo.models.loading import load_processor
+    from mmgrpo.trainer.cli import train_main
+
+    files = make_task(tmp_path / "data", TaskSpec(n_train=4, n_heldout=8))
+    reward = tmp_path / "length_reward.py"
+    reward.write_text("def length(completions, **kwargs):\n    return [float(len(c)) for c in completions]\n")
+    run = tmp_path / "run"
+    overrides = [f"model.name_or_path={tiny_dir}", f"data.train=[{files.train}]", f"output_dir={run}",
+                 "lora.enabled=true", "lora.r=4", "optim.lr=0.05", "max_steps=1", "prompts_per_step=2",
+                 "generation.num_generations=4", "save_every=1", "report_to=[jsonl]", "progress_bar=false",
+                 f"reward.functions=[{reward}:length]", "reward.weights=[1.0]"]
+    assert train_main([str(DEMO_CONFIG), *overrides]) == 0
+    ckpt = run / "checkpoint-1"
+    assert {"adapter_model.safetensors", "trainer_state.json", "optimizer.pt"} <= {p.name for p in ckpt.iterdir()}
+    assert max(float(v.abs().max()) for k, v in load_file(ckpt / "adapter_model.safetensors").items() if "lora_B" in k) > 0
+
+    out = tmp_path / "merged"
+    rc, stdout, err = run_merge(["--adapter", str(run), "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert "checkpoint-1" in stdout and "OK:" in stdout
+    assert not {p.name for p in out.iterdir()} & {*TRAINER_FILES, "adapter_config.json"}
+
+    vision = load_config(TrainConfig, DEMO_CONFIG).vision
+    loaded = load_checkpoint(inspect_checkpoint(ckpt), None, "fp32", "cpu")
+    acc_adapter, answers_adapter = heldout_answers(loaded.model, loaded.processor, files.heldout, vision)
+    acc_merged, answers_merged = heldout_answers(load_vl_model(out, "fp32", "cpu"), load_processor(str(out)),
+                                                 files.heldout, vision)
+    assert acc_merged == acc_adapter and answers_merged == answers_adapter
+
+
+@pytest.mark.slow
+def test_demo_checkpoint_merges_and_answers_like_the_checkpoint(tmp_path, capsys):
+    """Acceptance: the checkpoint `mmgrpo demo` writes (full fine-tuning) merges, passes the
+    verification, and its merged folder answers the held-out questions exactly as the checkpoint
+    (a short run: the point is the export, not the learning)."""
+    from mmgrpo.config import TrainConfig, load_config
+    from mmgrpo.demo.run import DEMO_CONFIG
+    from mmgrpo.demo.run import main as demo_main
+    from mmgrpo.models.export import load_vl_model
+    from mmgrpo.models.loading import load_processor
+
+    demo = tmp_path / "demo"
+    assert demo_main(["--out", str(demo), "--sft-steps", "8", "max_steps=6", "progress_bar=false"]) == 0
+    final = Path(json.loads((demo / "summary.json").read_text())["final_checkpoint"])
+    out = tmp_path / "merged"
+    rc, stdout, err = run_merge(["--adapter", str(demo), "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert str(final) in stdout and "full weights" in stdout and "OK:" in stdout
+
+    vision = load_config(TrainConfig, DEMO_CONFIG).vision
+    heldout = demo / "data" / "heldout.jsonl"
+    acc_ckpt, answers_ckpt = heldout_answers(load_vl_model(final, "fp32", "cpu"), load_processor(str(final)), heldout, vision)
+    acc_merged, answers_merged = heldout_answers(load_vl_model(out, "fp32", "cpu"), load_processor(str(out)), heldout, vision)
+    assert acc_merged == acc_ckpt and answers_merged == answers_ckpt
+    assert acc_ckpt == pytest.approx(json.loads((demo / "summary.json").read_text())["accuracy_rl"])

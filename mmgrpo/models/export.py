@@ -238,13 +238,13 @@ def _load_processor(info: CheckpointInfo, base: str | None, notes: list[str]):
 
 
 def prepare_out(out: Path, checkpoint: Path) -> None:
+    """Checked before loading anything; `save_pretrained` creates the folder."""
     out = out.resolve()
     if out == checkpoint.resolve() or checkpoint.resolve() in out.parents:
         raise ExportError(f"--out {out} lies inside the checkpoint {checkpoint}; choose a separate folder")
     if out.exists() and any(out.iterdir()):
         # stale shards of an earlier export would be mixed with the new ones
         raise ExportError(f"--out {out} exists and is not empty; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def save_merged(loaded: Loaded, out: Path, max_shard_size: str) -> None:
@@ -258,9 +258,8 @@ def save_merged(loaded: Loaded, out: Path, max_shard_size: str) -> None:
 
 
 def save_adapter(loaded: Loaded, out: Path) -> None:
-    """A clean PEFT folder in the current key layout, naming the base it was checked against."""
-    if loaded.info.kind != "adapter":
-        raise ExportError(f"{loaded.info.path} holds full weights: there is no adapter to export (drop --adapter-only)")
+    """A clean PEFT folder in the current key layout, naming the base it was checked against.
+    `loaded` must hold an adapter checkpoint (`export_checkpoint` checks before loading)."""
     loaded.model.peft_config["default"].base_model_name_or_path = loaded.base
     loaded.model.save_pretrained(out)
     save_processor_files(loaded.processor, out)
@@ -312,7 +311,10 @@ def verify_existing(opts: ExportOptions, log: Callable[[str], None] = print) -> 
     mode: Literal["merged", "adapter"] = "adapter" if (out / "adapter_config.json").is_file() else "merged"
     # the reference is computed at the precision the export was made in
     dtype = resolve_dtype("auto", str(out)) if opts.dtype == "auto" and mode == "merged" else opts.dtype
+    log(f"verifying {out} against checkpoint {info.path}")
     loaded = load_checkpoint(info, opts.base, dtype, opts.device)
+    for note in loaded.notes:
+        log(f"note: {note}")
     probe = make_probe(loaded.model, loaded.processor, opts.device, _source(info))
     _free(loaded)
     report = verify_export(out, probe, mode, loaded.dtype, loaded.base, opts.device, opts.tolerance)

@@ -39,7 +39,7 @@ def merge_main(argv: list[str]) -> int:
     )
     try:
         result = verify_existing(opts) if args.verify_only else export_checkpoint(opts)
-    except ExportError as e:
+    except (ExportError, OSError) as e:  # OSError: transformers cannot find or read a model / file
         print(f"mmgrpo merge: {e}", file=sys.stderr)
         return 1
     return _report(result)
@@ -101,7 +101,7 @@ def infer_main(argv: list[str]) -> int:
     )
     try:
         print(answer(req, log=lambda note: print(note, file=sys.stderr)))
-    except (ExportError, ValueError) as e:  # ValueError: BadSampleError / MediaError from the encoder
+    except (ExportError, ValueError, OSError) as e:  # ValueError: BadSampleError / MediaError from the encoder
         print(f"mmgrpo infer: {e}", file=sys.stderr)
         return 1
     return 0
