@@ -25,10 +25,11 @@ TRAINER_FILES = ["trainer_state.json", "optimizer.pt"]
 
 
 def test_keymap_old_to_current():
+    p = "base_model.model."  # PEFT's prefix
     cases = {
-        "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight": "base_model.model.model.language_model.layers.3.self_attn.q_proj.lora_A.weight",
-        "base_model.model.visual.blocks.0.attn.qkv.lora_B.weight": "base_model.model.model.visual.blocks.0.attn.qkv.lora_B.weight",
-        "base_model.model.model.embed_tokens.weight": "base_model.model.model.language_model.embed_tokens.weight",
+        p + "model.layers.3.self_attn.q_proj.lora_A.weight": p + "model.language_model.layers.3.self_attn.q_proj.lora_A.weight",
+        p + "visual.blocks.0.attn.qkv.lora_B.weight": p + "model.visual.blocks.0.attn.qkv.lora_B.weight",
+        p + "model.embed_tokens.weight": p + "model.language_model.embed_tokens.weight",
         "model.norm.weight": "model.language_model.norm.weight",  # plain model keys too
         "visual.merger.mlp.0.weight": "model.visual.merger.mlp.0.weight",
         "base_model.model.lm_head.weight": "base_model.model.lm_head.weight",
@@ -365,7 +366,9 @@ def test_demo_checkpoint_merges_and_answers_like_the_checkpoint(tmp_path, capsys
 
     vision = load_config(TrainConfig, DEMO_CONFIG).vision
     heldout = demo / "data" / "heldout.jsonl"
-    acc_ckpt, answers_ckpt = heldout_answers(load_vl_model(final, "fp32", "cpu"), load_processor(str(final)), heldout, vision)
-    acc_merged, answers_merged = heldout_answers(load_vl_model(out, "fp32", "cpu"), load_processor(str(out)), heldout, vision)
+    def answers(folder: Path):
+        return heldout_answers(load_vl_model(folder, "fp32", "cpu"), load_processor(str(folder)), heldout, vision)
+
+    (acc_ckpt, answers_ckpt), (acc_merged, answers_merged) = answers(final), answers(out)
     assert acc_merged == acc_ckpt and answers_merged == answers_ckpt
     assert acc_ckpt == pytest.approx(json.loads((demo / "summary.json").read_text())["accuracy_rl"])
