@@ -29,13 +29,18 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Proces
 
 
 def load_base_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> PreTrainedModel:
-    """The vision-language class (never the text-only one), in the configured dtype."""
-    model = AutoModelForImageTextToText.from_pretrained(
+    """The vision-language class (never the text-only one), in the configured dtype. Missing
+    weights are an error: transformers would otherwise initialise them randomly and say little."""
+    model, info = AutoModelForImageTextToText.from_pretrained(
         cfg.name_or_path,
         dtype=DTYPES[cfg.dtype],
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation=cfg.attn_implementation,
+        output_loading_info=True,
     )
+    if info["missing_keys"]:
+        keys = sorted(info["missing_keys"])
+        raise ValueError(f"{cfg.name_or_path}: {len(keys)} weights missing from the checkpoint, e.g. {keys[:3]}")
     return model.to(device)
 
 
