@@ -22,7 +22,9 @@ from transformers import GenerationConfig as HFGenerationConfig
 
 from mmgrpo.config import GenerationConfig
 from mmgrpo.models.loading import bad_words_ids
+from mmgrpo.eval.generate import collate_prompts
 from mmgrpo.processors.sample import PromptInputs
+from mmgrpo.trainer.batched import encode_vision, left_pad
 from mmgrpo.trainer.prefix import base_model, prompt_positions
 
 MODES = ("shared", "repeat")
@@ -105,24 +107,8 @@ def _generate_repeat(
     generator: torch.Generator | None,
 ) -> Tensor:
     greedy = gen.temperature == 0
-    # Every sampling option is set explicitly: unset ones would be filled from the checkpoint's
-    # generation_config.json (Qwen2.5-VL ships repetition_penalty=1.05, top_k=1, top_p=0.001),
-    # and the samples would no longer come from the policy the loss assumes.
-    hf_cfg = HFGenerationConfig(
-        do_sample=not greedy,
-        temperature=None if greedy else gen.temperature,
-        top_k=None if greedy else gen.top_k,
-        top_p=None if greedy else gen.top_p,
-        min_p=None if greedy else 0.0,
-        typical_p=None if greedy else 1.0,
-        repetition_penalty=1.0,
-        max_new_tokens=gen.max_new_tokens,
-        # greedy rows are identical, and transformers refuses num_return_sequences > 1 without sampling
-        num_return_sequences=1 if greedy else G,
-        eos_token_id=ids.eos.tolist(),
-        pad_token_id=ids.pad,
-        bad_words_ids=[[int(t)] for t in ids.banned] or None,
-    )
+    # greedy rows are identical, and transformers refuses num_return_sequences > 1 without sampling
+    hf_cfg = hf_generation_config(gen, ids, num_return_sequences=1 if greedy else G)
     rng = contextlib.nullcontext() if generator is None else _seeded_global_rng(generator, prompt.input_ids.device)
     with rng:
         sequences = model.generate(
@@ -133,6 +119,27 @@ def _generate_repeat(
             **prompt.vision.as_kwargs(),
         )  # [G or 1, P + C]
     return sequences[:, prompt.length :].expand(G, -1).clone()  # [G, C]
+
+
+def hf_generation_config(gen: GenerationConfig, ids: SpecialIds, num_return_sequences: int) -> HFGenerationConfig:
+    """Every sampling option set explicitly: unset ones would be filled from the checkpoint's
+    generation_config.json (Qwen2.5-VL ships repetition_penalty=1.05, top_k=1, top_p=0.001), and
+    the samples would no longer come from the policy the loss assumes."""
+    greedy = gen.temperature == 0
+    return HFGenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else gen.temperature,
+        top_k=None if greedy else gen.top_k,
+        top_p=None if greedy else gen.top_p,
+        min_p=None if greedy else 0.0,
+        typical_p=None if greedy else 1.0,
+        repetition_penalty=1.0,
+        max_new_tokens=gen.max_new_tokens,
+        num_return_sequences=num_return_sequences,
+        eos_token_id=ids.eos.tolist(),
+        pad_token_id=ids.pad,
+        bad_words_ids=[[int(t)] for t in ids.banned] or None,
+    )
 
 
 @contextlib.contextmanager
@@ -199,6 +206,129 @@ def _generate_shared(
     return tokens[:, :steps]
 
 
+def generate_groups(
+    model: torch.nn.Module,
+    processor,
+    prompts: list[PromptInputs],
+    num_generations: int,
+    gen: GenerationConfig,
+    generators: list[torch.Generator | None],
+    mode: str = "shared",
+) -> list[Rollout]:
+    """`generate_group` for B prompts at once: one prefill (vision tower once) and one decode loop
+    over B*G rows. Group b samples with `generators[b]` (on the model's device), so its completions
+    are those `generate_group(..., generator=generators[b])` gives, whatever else is in the batch
+    (equal logits up to float rounding from the padding; tested). Each group keeps its own width.
+
+    `repeat` mode is the baseline other trainers use: HF `generate` over B*G rows (each prompt
+    repeated G times, vision inputs too), sampling from the global RNG seeded from `generators[0]`;
+    its samples therefore depend on the batch, unlike `shared` mode's."""
+    if mode not in MODES:
+        raise ValueError(f"unknown rollout mode {mode!r}; expected one of {MODES}")
+    if len(generators) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(generators)} generators; give one per group")
+    if not prompts:
+        return []
+    ids = special_ids(model, processor)
+    with torch.no_grad():
+        if mode == "repeat":
+            tokens = _generate_groups_repeat(model, prompts, num_generations, gen, ids, generators[0])  # [B*G, C]
+        else:
+            tokens = _generate_groups_shared(model, prompts, num_generations, gen, ids, generators)  # [B*G, C]
+    return [_own_width(finalize(block, ids, processor)) for block in tokens.split(num_generations)]
+
+
+def _own_width(r: Rollout) -> Rollout:
+    """Drop the columns a group gets only from longer groups of the batch: its width is then the
+    number of steps it decoded alone (its longest completion, EOS included)."""
+    width = int(r.completion_mask.sum(dim=1).max()) if r.completion_mask.numel() else 0
+    return Rollout(r.completion_ids[:, :width], r.completion_mask[:, :width], r.truncated, r.texts)
+
+
+def prefill_groups(model: torch.nn.Module, prompts: list[PromptInputs], G: int, pad_id: int):
+    """Vision tower once (all media) and one prefill of the B left-padded prompts, then the KV cache
+    repeated to B*G rows grouped by prompt (rows b*G .. b*G+G-1 continue prompt b).
+    Returns (cache, first-step logits [B*G, V] fp32, the padded prompts)."""
+    batch = left_pad(model, prompts, pad_id)  # [B, P] rows
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        mm_token_type_ids=batch.mm_token_type_ids,
+        use_cache=True,
+        logits_to_keep=1,  # every row's last column is its prompt's last token
+        mm_encoder_outputs=encode_vision(model, batch.vision),
+    )
+    cache = out.past_key_values
+    if cache is None:
+        raise RuntimeError("the model returned no KV cache; call model.eval() before generate_groups")
+    cache.batch_repeat_interleave(G)
+    return cache, out.logits[:, -1].float().repeat_interleave(G, dim=0), batch
+
+
+def _generate_groups_shared(
+    model: torch.nn.Module,
+    prompts: list[PromptInputs],
+    G: int,
+    gen: GenerationConfig,
+    ids: SpecialIds,
+    generators: list[torch.Generator | None],
+) -> Tensor:
+    """The per-group decoder over B*G rows: rows that finish leave the cache; live rows stay sorted
+    by group, so each group's rows are one block for its generator."""
+    cache, logits, batch = prefill_groups(model, prompts, G, ids.pad)  # B*G cache rows, [B*G, V]
+    device = logits.device
+    tokens = torch.full((len(prompts) * G, gen.max_new_tokens), ids.pad, dtype=torch.long, device=device)  # [BG, T]
+    alive = torch.arange(len(prompts) * G, device=device)  # [n] long, rows still decoding
+    attn = batch.attention_mask.repeat_interleave(G, dim=0)  # [n, P] long, 0 on left padding
+    next_pos = batch.next_pos.repeat_interleave(G)  # [n] long, first completion position per row
+    sampler = Sampler(gen, ids.banned.to(device), None)
+    eos = ids.eos.to(device)  # [n_eos]
+    steps = 0
+    for t in range(gen.max_new_tokens):
+        counts = torch.bincount(alive // G, minlength=len(prompts)).tolist()  # live rows per group
+        nxt = sampler.per_group(logits, counts, generators)  # [n] long
+        tokens[alive, t] = nxt
+        steps = t + 1
+        still = ~torch.isin(nxt, eos)  # [n] bool
+        if steps == gen.max_new_tokens or not bool(still.any()):
+            break
+        if not bool(still.all()):
+            keep = still.nonzero().squeeze(1)  # [n'] long, order kept: still sorted by group
+            cache.batch_select_indices(keep)
+            alive, nxt, attn, next_pos = alive[keep], nxt[keep], attn[keep], next_pos[keep]
+        attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)  # [n, P + t + 1]
+        step_pos = (next_pos + t).view(1, -1, 1).expand(3, -1, 1)  # [3, n, 1], same on all mRoPE axes
+        out = model(input_ids=nxt.view(-1, 1), attention_mask=attn, position_ids=step_pos, past_key_values=cache,
+                    use_cache=True)
+        logits = out.logits[:, -1].float()  # [n, V]
+    return tokens[:, :steps]
+
+
+def _generate_groups_repeat(
+    model: torch.nn.Module,
+    prompts: list[PromptInputs],
+    G: int,
+    gen: GenerationConfig,
+    ids: SpecialIds,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """HF `generate` on B*G left-padded rows (B rows when greedy: they would all be equal)."""
+    rows = 1 if gen.temperature == 0 else G
+    batch = collate_prompts(prompts, ids.pad, repeat=rows)  # [B*rows, P], media repeated per row
+    device = prompts[0].input_ids.device
+    rng = contextlib.nullcontext() if generator is None else _seeded_global_rng(generator, device)
+    with rng:
+        sequences = model.generate(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=batch.attention_mask.to(device),
+            mm_token_type_ids=batch.mm_token_type_ids.to(device),
+            generation_config=hf_generation_config(gen, ids, num_return_sequences=1),
+            **batch.vision.to(device).as_kwargs(),
+        )  # [B*rows, P + C]
+    return sequences[:, batch.input_ids.shape[1] :].repeat_interleave(G // rows, dim=0)  # [B*G, C]
+
+
 class Sampler:
     """Next-token sampling with transformers' semantics: banned ids to -inf, logits / T, top-k
     (keep scores >= k-th best), top-p (drop the low tail whose mass is <= 1 - p, keep at least
@@ -233,3 +363,14 @@ class Sampler:
         if self.temperature == 0:
             return dist.argmax(dim=-1)
         return torch.multinomial(dist, 1, generator=self.generator).squeeze(1)  # [n] long
+
+    def per_group(self, logits: Tensor, counts: list[int], generators: list[torch.Generator | None]) -> Tensor:
+        """Next tokens [n] for rows that are consecutive blocks of `counts[b]` rows per group: one
+        distribution over all rows, then each block drawn with its group's generator, exactly the
+        draws the per-group decoder makes (a group with no live rows draws nothing)."""
+        dist = self.distribution(logits)  # [n, V]
+        if self.temperature == 0:
+            return dist.argmax(dim=-1)
+        blocks = dist.split(counts)  # B x [counts[b], V]
+        draws = [torch.multinomial(d, 1, generator=g) for d, g, c in zip(blocks, generators, counts) if c]
+        return torch.cat(draws).squeeze(1)  # [n] long
