@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import Tensor
 
 from mmgrpo.processors.sample import PromptInputs
@@ -21,7 +22,10 @@ MASK_4D_IMPLEMENTATIONS = ("sdpa", "eager")
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:
     """The `Qwen2_5_VLForConditionalGeneration` under a possible PEFT wrapper (adapters stay active:
-    PEFT injects them into the modules themselves)."""
+    PEFT injects them into the modules themselves) and a possible DDP / DeepSpeed / FSDP wrapper.
+    Only for attributes (config, get_rope_index, ...): forwards still go through the wrapper the
+    caller passed, so DDP synchronises gradients."""
+    model = extract_model_from_parallel(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
