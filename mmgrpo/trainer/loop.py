@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from mmgrpo.config import TrainConfig
 from mmgrpo.processors.sample import BadSampleError, PromptInputs, Sample
 from mmgrpo.trainer import checkpoint as ckpt
+from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.advantages import compute_advantages
 from mmgrpo.trainer.batch import Group
 from mmgrpo.trainer.metrics import step_metrics
@@ -109,12 +110,15 @@ def score(run: Run, groups: list[Group]) -> None:
 
 
 def advantages(run: Run, groups: list[Group]) -> None:
-    if not groups:
+    """Advantages from the rewards of the whole step: with several processes every process gathers
+    all groups' rewards (batch-level scaling and GDPO need whole-batch statistics) in global order."""
+    streams, local = [g.stream for g in groups], [g.rewards for g in groups]
+    rewards, rows = dist.global_rewards(run.accelerator, streams, local)  # [B_all, G, R], row of each local group
+    if rewards is None:  # no group on any process
         return
-    rewards = torch.stack([g.rewards for g in groups])  # [B, G, R]
     a = compute_advantages(rewards, run.cfg.reward.weights, run.cfg.reward.combine,
                            run.cfg.loss.advantage_scale, run.cfg.loss.adv_eps)
-    for i, g in enumerate(groups):
+    for i, g in zip(rows, groups):
         g.total_reward, g.advantages, g.zero_std = a.total[i], a.advantages[i], bool(a.zero_std[i])  # [G], [G]
 
 
@@ -139,7 +143,8 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Path:
     while run.state.step < cfg.max_steps:
         t0 = time.perf_counter()
         torch.manual_seed(ckpt.step_seed(cfg.seed, run.state.step, 10_000 + acc.process_index))
-        groups = rollout(run, next_prompts(run))
+        with dist.full_params(acc, run.model):  # sharded parameters (FSDP / ZeRO-3) gathered for sampling
+            groups = rollout(run, next_prompts(run))
         score(run, groups)
         advantages(run, groups)
         extra = difficulty_update(run, groups)

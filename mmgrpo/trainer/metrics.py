@@ -1,10 +1,45 @@
-"""Per-step metrics from the step's groups (rewards, advantages, lengths, augmentation)."""
+"""Per-step metrics from the step's groups (rewards, advantages, lengths, augmentation).
+
+Metrics describe the whole step: with several processes each one gathers a small record per group
+(`GroupStats`) from all processes, in global group order, and computes the same numbers a single
+process would (the main process logs them)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
+from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.batch import Group
 from mmgrpo.trainer.setup import Run
+
+
+@dataclass
+class GroupStats:
+    """What the metrics need of a group: small, on the CPU, picklable (gathered across processes)."""
+
+    stream: int  # the group's seed stream: global order
+    sample_id: str
+    rewards: torch.Tensor  # [G, R] per reward function, NaN = not applicable
+    total: torch.Tensor  # [G] combined reward
+    advantages: torch.Tensor  # [G]
+    lengths: torch.Tensor  # [G] float, completion tokens
+    truncated: torch.Tensor  # [G] bool
+    prompt_tokens: int
+    zero_std: bool
+    augmentation: str
+    aug_strength: float
+
+    @classmethod
+    def of(cls, g: Group) -> "GroupStats":
+        return cls(g.stream, g.sample_id, g.rewards.cpu(), g.total_reward.cpu(), g.advantages.cpu(),
+                   g.completion_mask.sum(1).float().cpu(), g.truncated.cpu(), g.prompt.length, g.zero_std,
+                   g.augmentation, g.aug_strength)
+
+
+def gather_stats(run: Run, groups: list[Group]) -> list[GroupStats]:
+    stats = dist.gather_list(run.accelerator, [GroupStats.of(g) for g in groups])
+    return stats if run.accelerator.num_processes == 1 else sorted(stats, key=lambda s: s.stream)
 
 
 def _name(spec: str) -> str:
@@ -12,11 +47,11 @@ def _name(spec: str) -> str:
     return spec.rsplit(":", 1)[-1]
 
 
-def reward_metrics(run: Run, groups: list[Group]) -> dict[str, float]:
+def reward_metrics(run: Run, groups: list[GroupStats]) -> dict[str, float]:
     if not groups:
         return {"reward/mean": float("nan"), "reward/std": float("nan")}
     rewards = torch.cat([g.rewards for g in groups])  # [N, R]
-    total = torch.cat([g.total_reward for g in groups])  # [N]
+    total = torch.cat([g.total for g in groups])  # [N]
     out = {"reward/mean": float(total.nanmean()), "reward/std": float(total[~total.isnan()].std(unbiased=False))}
     for k, spec in enumerate(run.cfg.reward.functions):
         col = rewards[:, k][~rewards[:, k].isnan()]  # [n_applicable]
@@ -27,7 +62,7 @@ def reward_metrics(run: Run, groups: list[Group]) -> dict[str, float]:
     return out
 
 
-def zero_std_after(groups: list[Group], extra: list[Group]) -> float:
+def zero_std_after(groups: list[GroupStats], extra: list[GroupStats]) -> float:
     """Zero-std share once each augmented original is replaced by its augmented copy."""
     replaced = {g.sample_id: g for g in extra}
     final = [replaced.get(g.sample_id, g) for g in groups]
@@ -35,11 +70,12 @@ def zero_std_after(groups: list[Group], extra: list[Group]) -> float:
 
 
 def step_metrics(run: Run, groups: list[Group], extra: list[Group], stats: dict[str, float], seconds: float) -> dict:
+    """`stats` (from policy_update) are already global; everything else is gathered here."""
+    groups, extra = gather_stats(run, groups), gather_stats(run, extra)
     everything = groups + extra
     adv = torch.cat([g.advantages for g in everything]) if everything else torch.zeros(1)  # [N]
-    lengths = torch.cat([g.completion_mask.sum(1).float() for g in everything]) if everything else torch.zeros(1)
-    prompt_tokens = sum(g.prompt.length for g in everything)
-    tokens = prompt_tokens + float(lengths.sum())
+    lengths = torch.cat([g.lengths for g in everything]) if everything else torch.zeros(1)  # [N]
+    tokens = sum(g.prompt_tokens for g in everything) + float(lengths.sum())
     out = {
         **reward_metrics(run, everything),
         **stats,
@@ -51,7 +87,7 @@ def step_metrics(run: Run, groups: list[Group], extra: list[Group], stats: dict[
         if everything else 0.0,
         "zero_std_frac": sum(g.zero_std for g in groups) / max(1, len(groups)),
         "step_time": seconds,
-        "tokens_per_s": tokens / max(seconds, 1e-9),
+        "tokens_per_s": tokens / max(seconds, 1e-9),  # all processes together
         "epoch": float(run.state.epoch),
     }
     if run.augment is not None:
@@ -59,6 +95,6 @@ def step_metrics(run: Run, groups: list[Group], extra: list[Group], stats: dict[
         out["augment/harder"] = float(sum(g.augmentation == "harder" for g in extra))
         out["augment/easier"] = float(sum(g.augmentation == "easier" for g in extra))
         out["augment/mean_strength"] = sum(g.aug_strength for g in extra) / max(1, len(extra))
-    for k, v in run.state.counters.items():
+    for k, v in dist.sum_counters(run.accelerator, run.state.counters).items():
         out[f"count/{k}"] = float(v)
     return out

@@ -24,6 +24,7 @@ from mmgrpo.models.loading import (
 )
 from mmgrpo.processors.sample import Sample
 from mmgrpo.trainer import checkpoint as ckpt
+from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.logger import MetricsLogger
 
 
@@ -86,6 +87,16 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path 
     return prepare_policy(model_cfg, lora_cfg, device)
 
 
+def reference_policy(cfg: TrainConfig, model: torch.nn.Module, resume: Path | None, device) -> Reference | None:
+    """pi_ref is the policy training started from. LoRA: the policy with adapters disabled. Full
+    fine-tuning: a frozen copy of the start weights (base or init_from); when resuming, those are
+    loaded again rather than copied from the checkpoint, so a resumed run keeps the same reference."""
+    if resume is None or cfg.lora.enabled or cfg.loss.beta == 0:
+        return make_reference(model, cfg.loss.beta)
+    start = build_policy(cfg.model, cfg.lora, Path(cfg.init_from) if cfg.init_from else None, device)
+    return Reference(model, start.eval().requires_grad_(False))
+
+
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
     params = trainable_parameters(model)
     if not params:
@@ -111,14 +122,16 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     from mmgrpo.processors.encode import PromptEncoder
     from mmgrpo.trainer.rewards import RewardRunner, load_reward
 
-    accelerator = accelerator or Accelerator()
+    accelerator = accelerator or dist.make_accelerator()
+    dist.check_supported(accelerator, cfg)
     torch.manual_seed(cfg.seed)
     resume = ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
     start = resume or (Path(cfg.init_from) if cfg.init_from else None)
     processor = load_processor(str(start or cfg.model.name_or_path), cfg.model.trust_remote_code)
     model = build_policy(cfg.model, cfg.lora, start, accelerator.device)
-    reference = make_reference(model, cfg.loss.beta)
+    reference = reference_policy(cfg, model, resume, accelerator.device)
     optimizer, lr_sched = build_optimizer(model, cfg.optim, cfg.max_steps)
+    dist.configure_deepspeed(accelerator, cfg.optim.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     samples, eval_samples, counters = load_data(cfg)
     state = ckpt.TrainerState(counters=counters, config=to_dict(cfg), kind="grpo")
@@ -136,6 +149,10 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
         lr_sched.load_state_dict(state.lr_scheduler)
         if augment is not None and state.augment is not None:
             augment.load_state_dict(state.augment)
+    if not accelerator.is_main_process:
+        # counters are per process and summed when logged / saved; what came before this run (data
+        # loading, the resumed checkpoint's totals) is counted once, by the main process
+        state.counters = {k: 0 for k in state.counters}
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
     rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error)
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process)
@@ -143,13 +160,20 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
                samples, eval_samples, generator, state, logger, augment)
 
 
-def save(run: Run) -> Path | None:
-    """Main process writes; every process waits so no one reads a half-written checkpoint."""
+def save(run: Run) -> Path:
+    """Every process takes part (global counters; parameters gathered under ZeRO-3 / FSDP), the main
+    process writes, and every process waits so no one reads a half-written checkpoint. Returns the
+    checkpoint folder on every process (the loop's control flow must not differ between them)."""
+    acc = run.accelerator
     run.state.lr_scheduler = run.lr_scheduler.state_dict()
     run.state.augment = run.augment.state_dict() if run.augment is not None else None
-    path = None
-    if run.accelerator.is_main_process:
-        path = ckpt.save_checkpoint(run.cfg.output_dir, run.state, run.policy, run.processor, run.optimizer,
-                                    run.cfg.save_total_limit)
-    run.accelerator.wait_for_everyone()
+    state = dataclasses.replace(run.state, counters=dist.sum_counters(acc, run.state.counters))
+    # ZeRO / FSDP shard the optimizer state: no process could write all of it (resume is refused there)
+    optimizer = None if dist.shards_optimizer(acc) else run.optimizer
+    path = ckpt.checkpoint_dir(run.cfg.output_dir, run.state.step)
+    with dist.gathered_for_save(acc, run.model):
+        if acc.is_main_process:
+            path = ckpt.save_checkpoint(run.cfg.output_dir, state, run.policy, run.processor, optimizer,
+                                        run.cfg.save_total_limit)
+    acc.wait_for_everyone()
     return path

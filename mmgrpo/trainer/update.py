@@ -4,14 +4,19 @@ groups and one optimizer step per pass (mu passes per rollout).
 Loss denominators (tokens, sequences, groups) are counted once over the whole step's batch, on every
 process, so summing micro-batch losses (gradient accumulation) and summing gradients across
 processes gives exactly the full-batch loss; no variant is special-cased here.
+
+Several processes: every process runs the same number of micro-batches and forwards (`lockstep`),
+padding with zero-weight filler forwards, because DDP's synced backward, FSDP and ZeRO-3 are
+collectives; the statistics returned are those of the whole step (`reduce_stats`).
 """
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 
 import torch
+from torch import Tensor
 
+from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.batch import Group, pad_stack
 from mmgrpo.trainer.logprobs import group_logprobs
 from mmgrpo.trainer.losses import LOSSES, LossInputs, Normalizer
@@ -66,7 +71,36 @@ def fill_fixed_logprobs(run: Run, groups: list[Group]) -> None:
             g.old_logp = lp  # [G, C_b]
 
 
-def micro_loss(run: Run, groups: list[Group], norm: Normalizer):
+# A micro-batch entry: (group to forward, whether it counts in the loss). Fillers count 0; a filler
+# group of None is a 1-token text forward, for a process left without any group this step.
+Item = tuple[Group | None, bool]
+
+
+def lockstep(run: Run, active: list[Group], groups: list[Group]) -> list[Item]:
+    """`active` padded with fillers to the largest number of active groups on any process, so all
+    processes run the same forwards per micro-batch. Fillers are this process's other groups (same
+    modules run, vision tower included, which FSDP / ZeRO-3 need), else its active ones again."""
+    n = dist.global_max(run.accelerator, len(active))
+    taken = {id(g) for g in active}
+    spare = [g for g in groups if id(g) not in taken] or active
+    fillers = [(spare[i % len(spare)] if spare else None, False) for i in range(n - len(active))]
+    return [(g, True) for g in active] + fillers
+
+
+def filler_loss(run: Run, group: Group | None) -> Tensor:
+    """A forward through the (wrapped) model whose loss weight is 0: it joins the collectives."""
+    if group is None:
+        ids = torch.zeros((1, 1), dtype=torch.long, device=run.device)  # [1, 1]
+        return run.model(input_ids=ids, use_cache=False).logits.sum() * 0.0  # []
+    return logprobs_of(run.model, run, [group])[0].sum() * 0.0  # []
+
+
+def micro_loss(run: Run, chunk: list[Item], norm: Normalizer) -> tuple[Tensor, dict[str, float], int]:
+    """(loss, LOSSES metrics, number of groups that count) of one micro-batch."""
+    groups = [g for g, counts in chunk if counts]
+    fillers = sum(filler_loss(run, g) for g, counts in chunk if not counts)
+    if not groups:
+        return fillers, {}, 0
     logp = logprobs_of(run.model, run, groups)  # B x [G, C_b]
     T = max(lp.shape[1] for lp in logp)
     x = LossInputs(
@@ -77,46 +111,74 @@ def micro_loss(run: Run, groups: list[Group], norm: Normalizer):
         mask=pad_stack([g.completion_mask.float() for g in groups], T),  # [B, G, T]
         zero_std=torch.tensor([g.zero_std for g in groups], device=run.device),  # [B]
     )
-    return LOSSES[run.cfg.loss.name](x, run.cfg.loss, norm)
+    out = LOSSES[run.cfg.loss.name](x, run.cfg.loss, norm)
+    return out.loss + fillers, {k: float(v) for k, v in out.metrics.items()}, len(groups)
 
 
 def zero_loss(model: torch.nn.Module) -> torch.Tensor:
-    """A process with nothing to train on still joins the gradient all-reduce."""
+    """No process has anything to train on: a zero gradient (no forward, so no collective needed)."""
     return sum((p * 0).sum() for p in model.parameters() if p.requires_grad)
 
 
-def policy_update(run: Run, groups: list[Group]) -> dict[str, float]:
-    cfg, acc = run.cfg, run.accelerator
-    norm = global_normalizer(run, groups)
-    active = [g for g in groups if contributes(g, cfg.loss.beta)]
-    fill_fixed_logprobs(run, active)
-    chunks = [active[i :: cfg.optim.grad_accum] for i in range(cfg.optim.grad_accum)]
-    chunks = [c for c in chunks if c] or [[]]
-    stats: dict[str, list[float]] = defaultdict(list)
-    run.model.train()
-    for _ in range(cfg.optim.updates_per_rollout):
-        step_loss = 0.0
-        for i, chunk in enumerate(chunks):
-            sync = i == len(chunks) - 1
-            with contextlib.nullcontext() if sync else acc.no_sync(run.model):
-                if chunk:
-                    out = micro_loss(run, chunk, norm)
-                    loss = out.loss
-                    for k, v in out.metrics.items():
-                        stats[k].append(float(v))
-                else:
-                    loss = zero_loss(run.model)
-                # DDP averages gradients over processes; the loss is already a share of the global
-                # sum (global denominators), so scale back up to a sum.
-                acc.backward(loss * acc.num_processes)
-                step_loss += float(loss.detach())
-        grad_norm = acc.clip_grad_norm_(run.model.parameters(), cfg.optim.max_grad_norm)
-        run.optimizer.step()
-        run.lr_scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        stats["loss"].append(step_loss)
-        stats["grad_norm"].append(float(grad_norm))
-    out = {k: sum(v) / len(v) for k, v in stats.items()}
-    out["active_groups"] = float(len(active))
+def accumulate(run: Run, chunks: list[list[Item]], norm: Normalizer, metrics: list) -> float:
+    """Loss and backward per micro-batch, gradients synchronised on the last one only; returns this
+    process's share of the step loss. Appends (LOSSES metrics, groups) of each micro-batch."""
+    acc = run.accelerator
+    share = 0.0
+    for i, chunk in enumerate(chunks):
+        sync = i == len(chunks) - 1
+        acc.sync_gradients = sync  # DeepSpeed: reduce and step at the last micro-batch only
+        with contextlib.nullcontext() if sync else acc.no_sync(run.model):
+            loss, m, n = micro_loss(run, chunk, norm) if chunk else (zero_loss(run.model), {}, 0)
+            if n:
+                metrics.append((m, n))
+            # DDP averages gradients over processes; the loss is already a share of the global
+            # sum (global denominators), so scale back up to a sum.
+            acc.backward(loss * acc.num_processes)
+        share += float(loss.detach())
+    return share
+
+
+def optimizer_step(run: Run) -> float:
+    grad_norm = run.accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.optim.max_grad_norm)
+    run.optimizer.step()
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm) if grad_norm is not None else float("nan")  # DeepSpeed: None before its 1st step
+
+
+def reduce_stats(run: Run, metrics: list, losses: list[float], grad_norms: list[float], active: int) -> dict[str, float]:
+    """Step statistics over all processes and passes. The loss is the sum of the processes' shares;
+    LOSSES metrics are means weighted by each micro-batch's groups, except counts (`*_groups`),
+    which are summed over the step. The gradient norm is already global (taken after the sync)."""
+    parts = dist.gather_list(run.accelerator, [(losses, metrics, active)])
+    passes = len(losses)
+    out: dict[str, float] = {}
+    for k in sorted({k for _, ms, _ in parts for m, _ in ms for k in m}):
+        pairs = [(m[k], n) for _, ms, _ in parts for m, n in ms if k in m]
+        if k.endswith("_groups"):
+            out[k] = sum(v for v, _ in pairs) / passes
+        else:
+            out[k] = sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+    out["loss"] = sum(sum(ls) for ls, _, _ in parts) / passes
+    out["grad_norm"] = sum(grad_norms) / passes
+    out["active_groups"] = float(sum(a for _, _, a in parts))
     out["lr"] = run.lr_scheduler.get_last_lr()[0]
     return out
+
+
+def policy_update(run: Run, groups: list[Group]) -> dict[str, float]:
+    cfg = run.cfg
+    norm = global_normalizer(run, groups)
+    active = [g for g in groups if contributes(g, cfg.loss.beta)]
+    items = lockstep(run, active, groups)
+    fill_fixed_logprobs(run, [g for g, _ in items if g is not None])  # fillers too: lockstep
+    chunks = [items[i :: cfg.optim.grad_accum] for i in range(cfg.optim.grad_accum)]
+    chunks = [c for c in chunks if c] or [[]]
+    metrics: list[tuple[dict[str, float], int]] = []
+    losses, grad_norms = [], []
+    run.model.train()
+    for _ in range(cfg.optim.updates_per_rollout):
+        losses.append(accumulate(run, chunks, norm, metrics))
+        grad_norms.append(optimizer_step(run))
+    return reduce_stats(run, metrics, losses, grad_norms, len(active))
