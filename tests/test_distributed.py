@@ -1,0 +1,187 @@
+"""Two CPU processes (gloo) against one: same loss trajectory and weights; exact resume under two.
+
+The two-process runs are real launches, `python -m torch.distributed.run --nproc_per_node 2 -m
+mmgrpo.cli train CONFIG.yaml` with ACCELERATE_USE_CPU=1, which makes accelerate use MULTI_CPU with the
+gloo backend (`accelerate launch --cpu` starts a single process: its multi-CPU path needs MPI). The
+one-process reference runs in this process. `prompts_per_step` is the global batch: 4 prompts per
+step means 4 groups on one process and 2 on each of two.
+
+Tolerances (measured on the CI machine, 4 steps, lr 1e-3, fp32): the per-step losses agree to
+1e-5 relative (measured: equal to the last printed digit), sampled completions and rewards are
+identical, final weights agree to 1e-5 absolute (measured max 1.5e-6, on attention key biases,
+whose gradient is zero up to rounding and which Adam therefore moves by rounding noise).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmgrpo.config import TrainConfig, to_dict
+from mmgrpo.trainer.checkpoint import latest_checkpoint, load_trainer_state
+from mmgrpo.trainer.loop import train
+from tests.trainer_utils import small_task, tiny_train_config, weights
+
+LOSS_RTOL = 1e-5
+WEIGHT_ATOL = 1e-5
+LAUNCH_TIMEOUT_S = 180  # a deadlocked collective fails the test instead of hanging CI
+
+REWARDS = '''
+import os, signal
+
+CALLS = {"n": 0}
+
+def length_reward(completions, **columns):
+    """Varies within a group on a random model; SIGKILLs this process at call N when asked."""
+    kill_at = int(os.environ.get("MMGRPO_TEST_KILL_AT_CALL", "0"))
+    CALLS["n"] += 1
+    if kill_at and CALLS["n"] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # a real crash in the middle of a step
+    return [float(len(c)) / 10.0 for c in completions]
+
+def even_flat_reward(completions, id, **columns):
+    """Constant for even-numbered samples: their groups have zero advantage (nothing to train on)."""
+    even = int(id[0].rsplit("-", 1)[1]) % 2 == 0
+    return [1.0 if even else float(len(c)) / 10.0 for c in completions]
+'''
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return small_task(tmp_path_factory.mktemp("task"))
+
+
+@pytest.fixture(scope="module")
+def rewards(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rewards") / "dist_rewards.py"
+    path.write_text(textwrap.dedent(REWARDS))
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """The launched processes run with OMP_NUM_THREADS=1; the in-process reference does too, so both
+    sides use the same kernels."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, cfg: TrainConfig, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`mmgrpo train` under torchrun with `nproc` CPU processes. On timeout the whole process group
+    is killed (workers blocked in a collective would otherwise outlive torchrun)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "mmgrpo.cli", "train", str(config), *overrides]
+    child_env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                 "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"{nproc}-process run did not finish in {LAUNCH_TIMEOUT_S} s (deadlock?):\n{output[-6000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, output, "")
+
+
+def failure_text(output: str) -> str:
+    """The workers' first traceback (torchrun's own summary at the end says little)."""
+    start = output.find("Traceback")
+    return output[start : start + 6000] if start >= 0 else output[-6000:]
+
+
+def launch_ok(nproc: int, cfg: TrainConfig, *overrides: str) -> Path:
+    result = launch(nproc, cfg, *overrides)
+    assert result.returncode == 0, f"{nproc}-process run failed:\n{failure_text(result.stdout)}"
+    return latest_checkpoint(cfg.output_dir)
+
+
+def metrics(out: str | Path) -> dict[int, dict]:
+    """Last record per step in metrics.jsonl (a resumed run appends after the killed one)."""
+    return {r["step"]: r for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())}
+
+
+def assert_same_run(one: Path, two: Path, steps: int) -> None:
+    a, b = metrics(one.parent), metrics(two.parent)
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    for s in a:
+        # the same completions were sampled (a group's RNG is seeded by its global index) ...
+        assert b[s]["reward/mean"] == pytest.approx(a[s]["reward/mean"], abs=1e-6), s
+        assert b[s]["completion/length_mean"] == a[s]["completion/length_mean"], s
+        assert b[s]["zero_std_frac"] == a[s]["zero_std_frac"], s
+        # ... and the loss over the global batch is the same
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=LOSS_RTOL, abs=1e-7), s
+    wa, wb = weights(one), weights(two)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=WEIGHT_ATOL, msg=k)
+
+
+def full_config(tiny_dir, task, rewards, out: Path) -> TrainConfig:
+    """GRPO with the KL term (a frozen reference copy), DAPO's token_mean aggregation (divides by
+    the global token count) and batch-level advantage scaling (the std of the global batch)."""
+    return tiny_train_config(tiny_dir, task, out, rewards, "lora.enabled=false", "prompts_per_step=4", "max_steps=4",
+                             "save_every=2", "optim.schedule=cosine", "optim.warmup_steps=1", "loss.name=grpo",
+                             "loss.aggregation=token_mean", "loss.advantage_scale=batch", "loss.beta=0.04")
+
+
+@pytest.fixture(scope="module")
+def two_process_full(tiny_dir, task, rewards, tmp_path_factory) -> Path:
+    """Full fine-tuning, 4 steps on 2 processes (checkpoints at 2 and 4): shared by two tests."""
+    return launch_ok(2, full_config(tiny_dir, task, rewards, tmp_path_factory.mktemp("two") / "run"))
+
+
+def test_two_processes_match_one_full_finetuning(tiny_dir, task, rewards, tmp_path, two_process_full, one_thread):
+    one = train(full_config(tiny_dir, task, rewards, tmp_path / "one"))
+    assert_same_run(one, two_process_full, steps=4)
+
+
+def test_two_processes_match_one_lora_with_an_idle_process(tiny_dir, task, rewards, tmp_path, one_thread):
+    """Reg-GRPO without KL. Unshuffled data: process 0 always gets the even samples, whose rewards
+    are flat, so it has no group to train on (their forwards are skipped) and must still join
+    every collective (filler forwards)."""
+    common = ["lora.enabled=true", "prompts_per_step=4", "max_steps=3", "data.shuffle=false", "loss.name=reg_grpo",
+              "loss.beta=0.0", f"reward.functions=[{rewards}:even_flat_reward]"]
+    one = train(tiny_train_config(tiny_dir, task, tmp_path / "one", rewards, *common))
+    two = launch_ok(2, tiny_train_config(tiny_dir, task, tmp_path / "two", rewards, *common))
+    assert all(m["zero_std_frac"] == 0.5 and m["active_groups"] == 2 for m in metrics(tmp_path / "two").values())
+    assert_same_run(one, two, steps=3)
+
+
+def test_killed_two_process_run_resumes_exactly(tiny_dir, task, rewards, tmp_path, two_process_full):
+    cfg = full_config(tiny_dir, task, rewards, tmp_path / "killed")
+    # 2 groups per process per step = 2 reward calls: call 5 is the first of step 3 (checkpoint-2 is on disk)
+    killed = launch(2, cfg, env={"MMGRPO_TEST_KILL_AT_CALL": "5"})
+    assert killed.returncode != 0, killed.stdout[-6000:]
+    assert latest_checkpoint(cfg.output_dir).name == "checkpoint-2"
+
+    resumed = launch_ok(2, cfg, "resume_from=auto")
+    assert load_trainer_state(resumed).step == 4
+    a, b = weights(two_process_full), weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    before, after = metrics(two_process_full.parent), metrics(cfg.output_dir)
+    for s in (3, 4):
+        assert after[s]["loss"] == before[s]["loss"] and after[s]["reward/mean"] == before[s]["reward/mean"], s
