@@ -3,6 +3,8 @@ functions give (`group_logprobs`, `generate_group`, themselves tested against in
 on a mixed batch: a video prompt, an image prompt and a two-image prompt of different lengths."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -24,7 +26,7 @@ from tests.test_logprobs import (  # noqa: F401  (policy, one_thread: fixtures)
 )
 from tests.test_rollout import with_logit_bias
 
-KINDS = [["video"], ["image"], ["image", "image"]]  # prompt lengths 56 / 38 / 60 on the tiny model
+KINDS = [["video"], ["image"], ["image", "image"]]  # prompt lengths 48 / 38 / 46 on the tiny model
 LENGTHS = [([7, 3, 11, 5], 12), ([2, 4, 1, 3], 5), ([9, 9, 2, 6], 10)]  # completion lengths, width per group
 
 
@@ -218,3 +220,35 @@ def test_repeat_mode(tiny):
     for x, y in zip(a, b):
         assert x.completion_ids.shape[0] == 4 and torch.equal(x.completion_ids, y.completion_ids)
         assert not torch.isin(x.completion_ids, banned).any()
+
+
+# ---------------------------------------------------------------- benchmark code path
+
+
+def test_bench_step_runs_both_modes(monkeypatch):
+    """scripts/bench_step.py's training step (no timing asserted): both modes train, and the token
+    bookkeeping shows what `repeat` repeats (G copies of every prompt's media)."""
+    import dataclasses
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_step.py"
+    spec = importlib.util.spec_from_file_location("bench_step", path)
+    bs = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_step", bs)  # dataclasses look their module up
+    spec.loader.exec_module(bs)
+    shape = bs.Shape("s", "video", 4, 56, 3)
+    s = bs.setup(dataclasses.replace(bs.PRESETS["tiny"], shapes={"s": shape}), torch.device("cpu"))
+    prompts = bs.make_prompts(s.processor, shape, 2, seed=0)
+    gen = GenerationConfig(num_generations=3, max_new_tokens=shape.max_new_tokens)
+    before = [p.detach().clone() for p in s.policy.parameters() if p.requires_grad]
+    counts = {}
+    for mode in ("repeat", "shared"):
+        phases, rollouts = bs.train_step(s, prompts, gen, mode, step=0)
+        assert set(phases) == {"rollout", "reference", "policy_fwd_bwd", "optimizer"}
+        counts[mode] = bs.token_counts(prompts, rollouts, 3, mode)
+    after = [p for p in s.policy.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    assert counts["repeat"]["vision_patches_per_pass"] == 3 * counts["shared"]["vision_patches_per_pass"]
+    assert counts["repeat"]["lm_tokens_step"] > counts["shared"]["lm_tokens_step"]
+    assert counts["repeat"]["prompt_tokens"] == counts["shared"]["prompt_tokens"] == sum(p.length for p in prompts)

@@ -10,6 +10,9 @@ Modes:
 - `repeat`: G rows `[prompt | c_g]`, vision inputs repeated G times. The plain reference.
 Attention implementations that cannot take a 4-D mask (flash_attention_2, ...) cannot express the
 shared row; `shared` then falls back to G rows that reuse one vision-tower output.
+
+`batch_logprobs` scores all B groups of a step in one forward: B shared rows (or B*G repeated rows),
+the media of every prompt through the vision tower in one call.
 """
 from __future__ import annotations
 

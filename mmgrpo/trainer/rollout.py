@@ -7,6 +7,10 @@ Modes:
   that finish are dropped from the cache, so late steps only pay for live completions.
 - `repeat`: Hugging Face `generate` with `num_return_sequences=G` (prompt prefilled G times).
 
+`generate_groups` does the same for all B groups of a step at once (one prefill of the left-padded
+prompts, one decode loop over B*G rows); each group samples with its own generator, so a group's
+completions do not depend on what else is in the batch.
+
 Both sample from the same distribution: softmax((logits with vision placeholders at -inf) / T),
 restricted by top-k then top-p exactly as transformers' warpers do.
 """
