@@ -81,6 +81,9 @@ def compare_main(args: argparse.Namespace) -> int:
 
 
 def eval_main(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
     from mmgrpo.eval.bench import load_eval_data
     from mmgrpo.eval.report import write_report
     from mmgrpo.eval.runner import evaluate
@@ -101,17 +104,24 @@ def eval_main(args: argparse.Namespace) -> int:
     cfg = EvalConfig(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
                      num_samples=args.num_samples, temperature=args.temperature, seed=args.seed)
     out = Path(args.out)
+    # several processes under `accelerate launch`: samples are sharded, the main process writes
+    # (`--cpu` reaches PartialState only through this variable; Accelerator() reads it itself)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     info = RunInfo(model=args.model or "", adapter=args.adapter, data=[str(d) for d in args.data],
                    num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                    name=args.name or out.resolve().name)
     earlier = read_run_info(out)
     if earlier is not None and PredictionStore(out).path.exists():
         info.check_resume(earlier)
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_info(out, info)
-    loaded = load_model(args.model, args.adapter, args.dtype, args.device)
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_info(out, info)
+    device = str(state.device) if state.num_processes > 1 else args.device  # one device per process
+    loaded = load_model(args.model, args.adapter, args.dtype, device)
     result = evaluate(loaded.model, loaded.processor, items, cfg, vision, out_dir=out,
-                      progress=not args.no_progress, strict=args.strict)
+                      progress=not args.no_progress, strict=args.strict, state=state)
+    if not state.is_main_process:
+        return 0
     report = write_report(out, result.metrics, result.records, info)
     m = result.metrics
     print(f"accuracy {100 * m.accuracy:.1f}% on {m.n} samples ({m.n_errors} errors, "

@@ -3,16 +3,23 @@ predictions written (and resumed) per batch, metrics computed from the records.
 
 The trainer calls it every `eval.every` steps on its held-out set with `out_dir=None` and logs
 `result.flat_metrics()`; `mmgrpo eval` calls it with an output folder.
+
+Several processes (`state` from accelerate, e.g. under `accelerate launch` / torchrun): each process
+generates a contiguous share of the pending samples (`split_between_processes`); after every batch
+the new records of all processes are gathered (`gather_object`) and the main process alone appends
+them to the one predictions.jsonl, so resuming works as with one process.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from mmgrpo.config import EvalConfig, VisionConfig
@@ -125,23 +132,29 @@ def evaluate(
     strict: bool = False,
     encoder: PromptEncoder | None = None,
     on_batch: Callable[[list[PredictionRecord]], None] | None = None,
+    state: Any = None,
 ) -> EvalResult:
     """Evaluate `samples` (the first `cfg.limit` of them). With `out_dir`, predictions are appended
     to `out_dir/predictions.jsonl` after every batch and ids already there are not evaluated again;
-    metrics.json is written at the end. The model's train/eval mode is restored afterwards."""
+    metrics.json is written at the end. The model's train/eval mode is restored afterwards.
+    `state`: an accelerate `PartialState` / `Accelerator` to shard over its processes (every process
+    calls `evaluate` and gets the whole result; only the main process writes)."""
     items = list(samples[: cfg.limit] if cfg.limit else samples)
     _check_ids(items)
-    store = PredictionStore(out_dir) if out_dir is not None else None
-    done = {r.id: r for r in store.load()} if store is not None else {}
+    shards = Shards(state)
+    store = PredictionStore(out_dir) if out_dir is not None and shards.main else None
+    done = shards.broadcast({r.id: r for r in store.load()} if store is not None else {})
     pending = [it for it in items if it.id not in done]
     encoder = encoder or PromptEncoder(processor, vision or VisionConfig())
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(items), initial=len(items) - len(pending), unit="sample", desc="eval", disable=not progress)
+    bar = tqdm(total=len(items), initial=len(items) - len(pending), unit="sample", desc="eval",
+               disable=not (progress and shards.main))
     try:
-        for b, start in enumerate(range(0, len(pending), cfg.batch_size)):
-            settings = SamplingSettings(cfg.max_new_tokens, cfg.num_samples, cfg.temperature, seed=cfg.seed + b)
-            new = run_batch(model, processor, encoder, pending[start : start + cfg.batch_size], settings, strict)
+        for b, batch in enumerate(shards.batches(pending, cfg.batch_size)):
+            seed = cfg.seed + b * shards.count + shards.index  # one process: cfg.seed + b
+            settings = SamplingSettings(cfg.max_new_tokens, cfg.num_samples, cfg.temperature, seed=seed)
+            new = shards.gather(run_batch(model, processor, encoder, batch, settings, strict))
             if store is not None:
                 store.append(new)  # flushed: a kill now loses nothing of this batch
             done.update((r.id, r) for r in new)
@@ -154,6 +167,33 @@ def evaluate(
         model.train(was_training)
     records = [done[it.id] for it in items]
     metrics = compute_metrics(records)
-    if out_dir is not None:
+    if out_dir is not None and shards.main:
         (Path(out_dir) / METRICS).write_text(json.dumps(metrics.to_json(), indent=2) + "\n")
     return EvalResult(metrics=metrics, records=records, out_dir=Path(out_dir) if out_dir else None, generated=len(pending))
+
+
+class Shards:
+    """This process's part of an evaluation over `state`'s processes (one process when None)."""
+
+    def __init__(self, state: Any = None):
+        self.state = state
+        self.count = state.num_processes if state is not None else 1
+        self.index = state.process_index if state is not None else 0
+        self.main = state.is_main_process if state is not None else True
+
+    def batches(self, pending: list, batch_size: int) -> list[list]:
+        """This process's batches of its contiguous share. Every process gets the same number of
+        batches (some empty), since each batch ends with a gather all of them must join."""
+        if self.count == 1:
+            return [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+        with self.state.split_between_processes(pending) as mine:
+            mine = list(mine)
+        rounds = math.ceil(math.ceil(len(pending) / self.count) / batch_size)  # the largest share's batches
+        return [mine[i * batch_size : (i + 1) * batch_size] for i in range(rounds)]
+
+    def gather(self, records: list[PredictionRecord]) -> list[PredictionRecord]:
+        return records if self.count == 1 else gather_object(records)
+
+    def broadcast(self, obj: dict) -> dict:
+        """The main process's object on every process (the store may live on the main node only)."""
+        return obj if self.count == 1 else broadcast_object_list([obj])[0]

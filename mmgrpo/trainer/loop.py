@@ -169,10 +169,12 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Path:
 
 
 def evaluate_heldout(run: Run) -> dict[str, float]:
+    """Held-out evaluation, sharded over the processes (each generates its share, all get the metrics)."""
     from mmgrpo.eval.runner import evaluate
 
-    result = evaluate(run.policy, run.processor, run.eval_samples, run.cfg.eval, run.cfg.vision, progress=False,
-                      encoder=run.encoder)
+    with dist.full_params(run.accelerator, run.model):
+        result = evaluate(run.policy, run.processor, run.eval_samples, run.cfg.eval, run.cfg.vision, progress=False,
+                          encoder=run.encoder, state=run.accelerator)
     return {f"eval/{k}": v for k, v in result.flat_metrics().items()}
 
 
