@@ -83,15 +83,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(nproc: int, cfg: TrainConfig, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`mmgrpo train` under torchrun with `nproc` CPU processes. On timeout the whole process group
-    is killed (workers blocked in a collective would otherwise outlive torchrun)."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = out.parent / f"{out.name}.yaml"
-    config.write_text(yaml.safe_dump(to_dict(cfg)))
+def torchrun(nproc: int, args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m mmgrpo.cli ARGS` under torchrun with `nproc` CPU processes. On timeout the whole
+    process group is killed (workers blocked in a collective would otherwise outlive torchrun)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "mmgrpo.cli", "train", str(config), *overrides]
+           f"--master_port={_free_port()}", "-m", "mmgrpo.cli", *args]
     child_env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                  "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     proc = subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -105,15 +101,27 @@ def launch(nproc: int, cfg: TrainConfig, *overrides: str, env: dict[str, str] | 
     return subprocess.CompletedProcess(cmd, proc.returncode, output, "")
 
 
+def launch(nproc: int, cfg: TrainConfig, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`mmgrpo train CONFIG.yaml OVERRIDES` on `nproc` processes."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+    return torchrun(nproc, ["train", str(config), *overrides], env)
+
+
 def failure_text(output: str) -> str:
     """The workers' first traceback (torchrun's own summary at the end says little)."""
     start = output.find("Traceback")
     return output[start : start + 6000] if start >= 0 else output[-6000:]
 
 
+def check(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"multi-process run failed:\n{failure_text(result.stdout)}"
+
+
 def launch_ok(nproc: int, cfg: TrainConfig, *overrides: str) -> Path:
-    result = launch(nproc, cfg, *overrides)
-    assert result.returncode == 0, f"{nproc}-process run failed:\n{failure_text(result.stdout)}"
+    check(launch(nproc, cfg, *overrides))
     return latest_checkpoint(cfg.output_dir)
 
 
@@ -185,3 +193,26 @@ def test_killed_two_process_run_resumes_exactly(tiny_dir, task, rewards, tmp_pat
     before, after = metrics(two_process_full.parent), metrics(cfg.output_dir)
     for s in (3, 4):
         assert after[s]["loss"] == before[s]["loss"] and after[s]["reward/mean"] == before[s]["reward/mean"], s
+
+
+def test_eval_sharded_over_two_processes_merges_one_predictions_file(tiny_dir, task, tmp_path, one_thread):
+    """`mmgrpo eval` on 2 processes: one predictions.jsonl (each id once), the same greedy predictions
+    and metrics as one process; a resumed sharded run evaluates only what is missing."""
+    from mmgrpo.eval.cli import main as eval_main
+
+    common = ["--model", str(tiny_dir), "--data", str(task.train), "--batch-size", "3", "--max-new-tokens", "6",
+              "--no-progress", "--max-pixels", "3136", "--max-frames", "4"]
+    assert eval_main([*common, "--out", str(tmp_path / "one")]) == 0
+    two = tmp_path / "two"
+    check(torchrun(2, ["eval", *common, "--out", str(two), "--limit", "5"]))  # an "interrupted" run
+    assert len((two / "predictions.jsonl").read_text().splitlines()) == 5
+    check(torchrun(2, ["eval", *common, "--out", str(two)]))
+    read = lambda d: [json.loads(line) for line in (d / "predictions.jsonl").read_text().splitlines()]  # noqa: E731
+    one_records, two_records = {r["id"]: r for r in read(tmp_path / "one")}, read(two)
+    assert sorted(r["id"] for r in two_records) == sorted(one_records) and len(two_records) == 8
+    for r in two_records:
+        ref = one_records[r["id"]]
+        assert (r["raw_outputs"], r["parsed_answers"], r["correct"]) == (ref["raw_outputs"], ref["parsed_answers"],
+                                                                         ref["correct"]), r["id"]
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "one", two))
+    assert (m2["n"], m2["accuracy"], m2["per_task"]) == (m1["n"], m1["accuracy"], m1["per_task"])
