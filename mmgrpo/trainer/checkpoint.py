@@ -69,9 +69,10 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
     return path
 
 
-def save_weights(model: torch.nn.Module, processor: Any, out: Path) -> None:
-    """Adapter or full weights in safetensors, plus processor and generation config."""
-    model.save_pretrained(out, safe_serialization=True)
+def save_weights(model: torch.nn.Module, processor: Any, out: Path, state_dict: dict | None = None) -> None:
+    """Adapter or full weights in safetensors, plus processor and generation config. `state_dict`:
+    the full weights when the model's own are sharded (FSDP / ZeRO-3: `Accelerator.get_state_dict`)."""
+    model.save_pretrained(out, safe_serialization=True, **({"state_dict": state_dict} if state_dict is not None else {}))
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "generation_config", None) is not None:
         base.generation_config.save_pretrained(out)
@@ -93,13 +94,14 @@ def save_checkpoint(
     processor: Any,
     optimizer: torch.optim.Optimizer | None,
     total_limit: int | None = None,
+    state_dict: dict | None = None,
 ) -> Path:
     final = checkpoint_dir(output_dir, state.step)
     tmp = final.parent / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)  # leftover of an earlier interrupted save
     tmp.mkdir(parents=True)
-    save_weights(model, processor, tmp)
+    save_weights(model, processor, tmp, state_dict)
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     _write_json(tmp / STATE_FILE, asdict(state))  # last: marks the folder complete

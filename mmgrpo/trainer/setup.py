@@ -161,7 +161,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
 
 
 def save(run: Run) -> Path:
-    """Every process takes part (global counters; parameters gathered under ZeRO-3 / FSDP), the main
+    """Every process takes part (global counters; weights gathered under ZeRO-3 / FSDP), the main
     process writes, and every process waits so no one reads a half-written checkpoint. Returns the
     checkpoint folder on every process (the loop's control flow must not differ between them)."""
     acc = run.accelerator
@@ -170,10 +170,11 @@ def save(run: Run) -> Path:
     state = dataclasses.replace(run.state, counters=dist.sum_counters(acc, run.state.counters))
     # ZeRO / FSDP shard the optimizer state: no process could write all of it (resume is refused there)
     optimizer = None if dist.shards_optimizer(acc) else run.optimizer
+    # sharded parameters (ZeRO-3 / FSDP): the full weights, gathered by every process for the main one
+    full = acc.get_state_dict(run.model) if dist.shards_params(acc) else None
     path = ckpt.checkpoint_dir(run.cfg.output_dir, run.state.step)
-    with dist.gathered_for_save(acc, run.model):
-        if acc.is_main_process:
-            path = ckpt.save_checkpoint(run.cfg.output_dir, state, run.policy, run.processor, optimizer,
-                                        run.cfg.save_total_limit)
+    if acc.is_main_process:
+        path = ckpt.save_checkpoint(run.cfg.output_dir, state, run.policy, run.processor, optimizer,
+                                    run.cfg.save_total_limit, state_dict=full)
     acc.wait_for_everyone()
     return path
