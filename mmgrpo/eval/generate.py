@@ -117,6 +117,10 @@ def generate_batch(model: torch.nn.Module, processor, prompts: list[PromptInputs
             eos_token_id=eos,
             pad_token_id=pad_id,
             use_cache=True,  # a training model has it off for gradient checkpointing
+            # never wait for other processes: under FSDP / ZeRO-3 transformers would otherwise sync
+            # every decoding step, though the trainer gathers the parameters first and sharded
+            # evaluation gives processes different numbers of batches to generate
+            synced_gpus=False,
             **knobs,
         )  # [B*K, P + C]
     seconds = time.perf_counter() - t0
