@@ -6,10 +6,12 @@ gloo backend (`accelerate launch --cpu` starts a single process: its multi-CPU p
 one-process reference runs in this process. `prompts_per_step` is the global batch: 4 prompts per
 step means 4 groups on one process and 2 on each of two.
 
-Tolerances (measured on the CI machine, 4 steps, lr 1e-3, fp32): the per-step losses agree to
-1e-5 relative (measured: equal to the last printed digit), sampled completions and rewards are
-identical, final weights agree to 1e-5 absolute (measured max 1.5e-6, on attention key biases,
-whose gradient is zero up to rounding and which Adam therefore moves by rounding noise).
+Tolerances (fp32, one thread per process, lr 1e-3). The sampled completions and rewards are
+identical (a group's RNG is seeded by its global index). Per-step losses: |d| <= max(1e-5 |loss|, 1e-7)
+(measured: max 6e-9 absolute over 4 steps of full fine-tuning; LoRA runs are bitwise equal). Final
+weights: 1e-5 absolute (measured max 5e-7, with updates of 3e-3), except the attention key biases:
+their gradient is zero in exact arithmetic (softmax ignores a shift shared by all keys), so they
+move by rounding noise amplified by Adam's normalisation (measured 4e-6), and get 1e-4.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from tests.trainer_utils import small_task, tiny_train_config, weights
 
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
+KEY_BIAS_ATOL = 1e-4  # k_proj biases: zero gradient up to rounding (see above)
 LAUNCH_TIMEOUT_S = 180  # a deadlocked collective fails the test instead of hanging CI
 
 REWARDS = '''
@@ -143,7 +146,8 @@ def assert_same_run(one: Path, two: Path, steps: int) -> None:
     wa, wb = weights(one), weights(two)
     assert wa.keys() == wb.keys()
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=WEIGHT_ATOL, msg=k)
+        atol = KEY_BIAS_ATOL if k.endswith("k_proj.bias") else WEIGHT_ATOL
+        torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=atol, msg=k)
 
 
 def full_config(tiny_dir, task, rewards, out: Path) -> TrainConfig:
@@ -216,3 +220,26 @@ def test_eval_sharded_over_two_processes_merges_one_predictions_file(tiny_dir, t
                                                                          ref["correct"]), r["id"]
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (tmp_path / "one", two))
     assert (m2["n"], m2["accuracy"], m2["per_task"]) == (m1["n"], m1["accuracy"], m1["per_task"])
+
+
+def test_accelerate_configs_load_and_name_real_layer_classes(tiny):
+    """Each shipped config parses with accelerate's own loader, and FSDP wraps classes that exist in
+    Qwen2.5-VL (accelerate fails at start-up on an unknown class name)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    expected = {"single_gpu": (DistributedType.NO, 1), "ddp_8gpu": (DistributedType.MULTI_GPU, 8),
+                "fsdp_8gpu": (DistributedType.FSDP, 8), "zero2_8gpu": (DistributedType.DEEPSPEED, 8),
+                "zero3_8gpu": (DistributedType.DEEPSPEED, 8)}
+    assert sorted(p.stem for p in root.glob("*.yaml")) == sorted(expected)
+    classes = {type(m).__name__ for m in tiny[0].modules()}
+    for name, (kind, n) in expected.items():
+        cfg = load_config_from_file(str(root / f"{name}.yaml"))
+        assert (cfg.distributed_type, cfg.num_processes) == (kind, n), name
+        if kind == DistributedType.FSDP:
+            assert cfg.fsdp_config["fsdp_version"] == 2
+            assert set(cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")) <= classes
+        if kind == DistributedType.DEEPSPEED:
+            stage = cfg.deepspeed_config["zero_stage"]
+            assert stage in (2, 3) and cfg.deepspeed_config["zero3_init_flag"] == (stage == 3), name
