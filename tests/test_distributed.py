@@ -243,3 +243,32 @@ def test_accelerate_configs_load_and_name_real_layer_classes(tiny):
         if kind == DistributedType.DEEPSPEED:
             stage = cfg.deepspeed_config["zero_stage"]
             assert stage in (2, 3) and cfg.deepspeed_config["zero3_init_flag"] == (stage == 3), name
+
+
+def test_unsupported_combinations_are_refused_before_any_work():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from mmgrpo.config import load_config
+    from mmgrpo.trainer.distributed import check_supported
+
+    def acc(kind=DistributedType.MULTI_GPU, n=8, zero_stage=None, fsdp2=True):
+        plugin = SimpleNamespace(zero_stage=zero_stage) if zero_stage else None
+        return SimpleNamespace(distributed_type=kind, num_processes=n, is_fsdp2=fsdp2,
+                               state=SimpleNamespace(deepspeed_plugin=plugin))
+
+    cfg = lambda *o: load_config(TrainConfig, None, ["prompts_per_step=8", *o])  # noqa: E731
+    check_supported(acc(), cfg())  # plain DDP, 8 prompts on 8 processes
+    check_supported(acc(DistributedType.DEEPSPEED, zero_stage=3), cfg("loss.beta=0.04", "lora.enabled=true"))
+    refused = [
+        (acc(n=16), cfg(), "at least the number of processes"),
+        (acc(), cfg("augment.enabled=true"), "augment.enabled"),
+        (acc(DistributedType.FSDP, fsdp2=False), cfg(), "FSDP v1"),
+        (acc(DistributedType.DEEPSPEED, zero_stage=3), cfg("loss.beta=0.04", "lora.enabled=false"), "ZeRO-3"),
+        (acc(DistributedType.DEEPSPEED, zero_stage=2), cfg("resume_from=auto"), "resume_from"),
+        (acc(DistributedType.FSDP), cfg("resume_from=auto"), "resume_from"),
+    ]
+    for a, c, message in refused:
+        with pytest.raises(ValueError, match=message):
+            check_supported(a, c)

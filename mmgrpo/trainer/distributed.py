@@ -58,6 +58,9 @@ def check_supported(acc: Accelerator, cfg: TrainConfig) -> None:
         # FSDP1 cannot run forwards on gathered parameters (summon_full_params forbids it), so the
         # rollout's data-dependent number of forwards would deadlock; FSDP2 can (`full_params`).
         raise ValueError("FSDP v1 is not supported: set fsdp_version: 2 (configs/accelerate/fsdp_8gpu.yaml)")
+    if cfg.prompts_per_step < acc.num_processes:
+        raise ValueError(f"prompts_per_step={cfg.prompts_per_step} is the global batch and must be at least the number "
+                         f"of processes ({acc.num_processes}): each process trains on whole groups")
     if acc.num_processes > 1 and cfg.augment.enabled:
         raise ValueError("augment.enabled with several processes is not supported yet: the difficulty "
                          "scheduler's replay window is per process; train DA on one process")
