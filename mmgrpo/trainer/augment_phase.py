@@ -24,27 +24,29 @@ HARDER_STREAM, EASIER_STREAM, TRACE_STREAM = 100_000, 200_000, 300_000
 
 
 def augment_groups(run: Run, groups: list[Group]) -> list[Group]:
-    from mmgrpo.trainer.loop import rollout_prompt
+    from mmgrpo.trainer.loop import rollout_prompts
 
     sched, cfg = run.augment, run.cfg.augment
     decisions = [sched.decide(g.sample_id, g.total_reward.nan_to_num(0.0).tolist()) for g in groups]
     for g in groups:
         sched.record(g.sample_id, g.texts, g.total_reward.nan_to_num(0.0).tolist())
     sched.observe([float(g.total_reward.nan_to_num(0.0).mean()) for g in groups])  # after all decisions
-    extra: list[Group] = []
+    made: list[tuple[PromptInputs, int, Decision]] = []
     for g, d in zip(groups, decisions):
-        if len(extra) >= cfg.max_extra_rollouts:
+        if len(made) >= cfg.max_extra_rollouts:
             break
         if d.kind == "none":
             continue
-        maker = harder_prompt if d.kind == "harder" else easier_prompt
-        prompt = maker(run, g, d)
-        if prompt is None:
-            continue
-        new = rollout_prompt(run, prompt, (HARDER_STREAM if d.kind == "harder" else EASIER_STREAM) + g.stream,
-                             augmentation=d.kind)
-        new.aug_strength = d.strength
-        extra.append(new)
+        prompt = (harder_prompt if d.kind == "harder" else easier_prompt)(run, g, d)
+        if prompt is not None:
+            made.append((prompt, (HARDER_STREAM if d.kind == "harder" else EASIER_STREAM) + g.stream, d))
+    extra = []
+    for kind in ("harder", "easier"):  # one batched rollout per kind (a Group records one kind)
+        chosen = [(p, s, d) for p, s, d in made if d.kind == kind]
+        new = rollout_prompts(run, [p for p, _, _ in chosen], [s for _, s, _ in chosen], augmentation=kind)
+        for grp, (_, _, d) in zip(new, chosen):
+            grp.aug_strength = d.strength
+        extra += new
     return extra
 
 
@@ -71,13 +73,13 @@ def easier_prompt(run: Run, g: Group, d: Decision) -> PromptInputs | None:
 
 
 def answer_shown_trace(run: Run, g: Group) -> str | None:
-    from mmgrpo.trainer.loop import rollout_prompt, score
+    from mmgrpo.trainer.loop import rollout_prompts, score
 
     sample = g.prompt.sample
     if not sample.answer:
         return None
     shown = run.encoder.encode(answer_shown_prompt(sample)).to(run.device)
-    probe = rollout_prompt(run, shown, TRACE_STREAM + g.stream)
+    probe = rollout_prompts(run, [shown], [TRACE_STREAM + g.stream])[0]
     probe.prompt = dataclasses.replace(probe.prompt, sample=sample)  # scored against the original question
     score(run, [probe])
     run.augment.record(sample.id, probe.texts, probe.rewards.nan_to_num(0.0).sum(1).tolist())

@@ -24,7 +24,7 @@ from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.advantages import compute_advantages
 from mmgrpo.trainer.batch import Group
 from mmgrpo.trainer.metrics import step_metrics
-from mmgrpo.trainer.rollout import generate_group
+from mmgrpo.trainer.rollout import generate_groups
 from mmgrpo.trainer.setup import Run, save, setup
 from mmgrpo.trainer.update import policy_update
 
@@ -73,26 +73,26 @@ def encode(run: Run, sample: Sample) -> PromptInputs | None:
     return prompt
 
 
-def rollout_prompt(run: Run, prompt: PromptInputs, stream: int, augmentation: str = "none") -> Group:
-    """G completions of one prompt. The generator is seeded per (seed, step, group) so a group's
-    samples do not depend on which process generates it or on what ran before."""
-    run.generator.manual_seed(ckpt.step_seed(run.cfg.seed, run.state.step, stream))
+def rollout_prompts(run: Run, prompts: list[PromptInputs], streams: list[int], augmentation: str = "none") -> list[Group]:
+    """G completions for each prompt, all prompts in one batched prefill and decode loop. Each group
+    samples from its own generator seeded by (seed, step, stream), so its completions depend neither
+    on the other groups of the batch nor on which process generates it."""
+    if not prompts:
+        return []
+    gens = [torch.Generator(run.device).manual_seed(ckpt.step_seed(run.cfg.seed, run.state.step, s)) for s in streams]
     policy = run.policy
     policy.eval()  # no dropout while sampling
     with torch.no_grad():
-        r = generate_group(policy, run.processor, prompt, run.cfg.generation.num_generations, run.cfg.generation,
-                           generator=run.generator, mode=run.cfg.forward_mode)
-    return Group(prompt, r.completion_ids, r.completion_mask, r.truncated, r.texts, augmentation=augmentation,
-                 stream=stream)
+        rollouts = generate_groups(policy, run.processor, prompts, run.cfg.generation.num_generations,
+                                   run.cfg.generation, gens, mode=run.cfg.forward_mode)
+    return [Group(p, r.completion_ids, r.completion_mask, r.truncated, r.texts, augmentation=augmentation, stream=s)
+            for p, r, s in zip(prompts, rollouts, streams)]
 
 
 def rollout(run: Run, prompts: list[tuple[int, Sample]]) -> list[Group]:
-    groups = []
-    for index, sample in prompts:
-        prompt = encode(run, sample)
-        if prompt is not None:
-            groups.append(rollout_prompt(run, prompt, index))
-    return groups
+    encoded = [(index, encode(run, sample)) for index, sample in prompts]
+    encoded = [(index, p) for index, p in encoded if p is not None]
+    return rollout_prompts(run, [p for _, p in encoded], [index for index, _ in encoded])
 
 
 def score(run: Run, groups: list[Group]) -> None:

@@ -43,7 +43,6 @@ class Run:
     rewards: Any  # mmgrpo.trainer.rewards.RewardRunner
     samples: list[Sample]
     eval_samples: list[Sample]
-    generator: torch.Generator  # all rollout sampling draws from this; reseeded each step
     state: ckpt.TrainerState
     logger: MetricsLogger
     augment: Any | None  # mmgrpo.augment.DifficultyScheduler when cfg.augment.enabled
@@ -135,7 +134,6 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     model, optimizer = accelerator.prepare(model, optimizer)
     samples, eval_samples, counters = load_data(cfg)
     state = ckpt.TrainerState(counters=counters, config=to_dict(cfg), kind="grpo")
-    generator = torch.Generator()  # reseeded every step from (seed, step, rank): ckpt.step_seed
     augment = None
     if cfg.augment.enabled:
         from mmgrpo.augment import DifficultyScheduler
@@ -157,7 +155,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error)
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process)
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
-               samples, eval_samples, generator, state, logger, augment)
+               samples, eval_samples, state, logger, augment)
 
 
 def save(run: Run) -> Path:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.batch import Group, pad_stack
-from mmgrpo.trainer.logprobs import group_logprobs
+from mmgrpo.trainer.logprobs import batch_logprobs
 from mmgrpo.trainer.losses import LOSSES, LossInputs, Normalizer
 from mmgrpo.trainer.setup import Run
 
@@ -49,11 +49,12 @@ def global_normalizer(run: Run, groups: list[Group]) -> Normalizer:
 
 
 def logprobs_of(model: torch.nn.Module, run: Run, groups: list[Group]) -> list[torch.Tensor]:
-    return [
-        group_logprobs(model, g.prompt, g.completion_ids, g.completion_mask, mode=run.cfg.forward_mode,
-                       temperature=run.cfg.generation.temperature)  # [G, C_b]
-        for g in groups
-    ]
+    """Per-token log-probs of every group's completions, all groups in one batched forward."""
+    if not groups:
+        return []
+    return batch_logprobs(model, [g.prompt for g in groups], [g.completion_ids for g in groups],
+                          [g.completion_mask for g in groups], mode=run.cfg.forward_mode,
+                          temperature=run.cfg.generation.temperature)  # B x [G, C_b]
 
 
 @torch.no_grad()
@@ -87,21 +88,19 @@ def lockstep(run: Run, active: list[Group], groups: list[Group]) -> list[Item]:
     return [(g, True) for g in active] + fillers
 
 
-def filler_loss(run: Run, group: Group | None) -> Tensor:
-    """A forward through the (wrapped) model whose loss weight is 0: it joins the collectives."""
-    if group is None:
-        ids = torch.zeros((1, 1), dtype=torch.long, device=run.device)  # [1, 1]
-        return run.model(input_ids=ids, use_cache=False).logits.sum() * 0.0  # []
-    return logprobs_of(run.model, run, [group])[0].sum() * 0.0  # []
-
-
 def micro_loss(run: Run, chunk: list[Item], norm: Normalizer) -> tuple[Tensor, dict[str, float], int]:
-    """(loss, LOSSES metrics, number of groups that count) of one micro-batch."""
+    """(loss, LOSSES metrics, number of groups that count) of one micro-batch: one forward for the
+    real groups and the fillers together (fillers weigh 0), so every process runs one per chunk."""
     groups = [g for g, counts in chunk if counts]
-    fillers = sum(filler_loss(run, g) for g, counts in chunk if not counts)
+    fill = [g for g, counts in chunk if not counts and g is not None]
+    if not groups and not fill:  # this process has no group at all this step: a 1-token text forward
+        ids = torch.zeros((1, 1), dtype=torch.long, device=run.device)  # [1, 1]
+        return run.model(input_ids=ids, use_cache=False).logits.sum() * 0.0, {}, 0
+    logp = logprobs_of(run.model, run, groups + fill)  # (B + F) x [G, C_b]
+    fillers = sum(lp.sum() * 0.0 for lp in logp[len(groups):])  # [] joins the collectives, weighs 0
     if not groups:
         return fillers, {}, 0
-    logp = logprobs_of(run.model, run, groups)  # B x [G, C_b]
+    logp = logp[: len(groups)]
     T = max(lp.shape[1] for lp in logp)
     x = LossInputs(
         logp=pad_stack(logp, T),  # [B, G, T]
