@@ -21,18 +21,20 @@ def rewards(tmp_path_factory):
     return reward_file(tmp_path_factory.mktemp("rewards"))
 
 
-@pytest.mark.parametrize(
-    "loss,lora,extra",
-    [
-        ("grpo", True, ["loss.beta=0.04"]),  # KL against the adapter-disabled base
-        ("grpo", False, ["loss.beta=0.04"]),  # KL against a frozen copy
-        ("dr_grpo", True, ["loss.aggregation=seq_sum_const", "loss.advantage_scale=none"]),
-        ("dapo", False, ["loss.aggregation=token_mean", "loss.epsilon_high=0.28"]),
-        ("gspo", True, ["optim.updates_per_rollout=2"]),  # off-policy: the ratio differs from 1
-        ("reg_grpo", True, []),
-        ("reg_grpo", False, ["forward_mode=repeat"]),
-    ],
-)
+VARIANTS = {
+    "grpo": ["loss.beta=0.04"],  # KL against the adapter-disabled base (LoRA) or a frozen copy (full)
+    "dr_grpo": ["loss.aggregation=seq_sum_const", "loss.advantage_scale=none"],
+    "dapo": ["loss.aggregation=token_mean", "loss.epsilon_high=0.28"],
+    "gspo": ["optim.updates_per_rollout=2"],  # off-policy: the sequence ratio differs from 1
+    "reg_grpo": [],
+}
+CASES = [(name, lora, extra) for name, extra in VARIANTS.items() for lora in (True, False)] + [
+    ("reg_grpo", False, ["forward_mode=repeat"]),  # the prompt repeated G times, as other trainers do
+    ("grpo", True, ["model.gradient_checkpointing=true", "loss.beta=0.04", "optim.grad_accum=2"]),
+]
+
+
+@pytest.mark.parametrize("loss,lora,extra", CASES)
 def test_two_steps(tiny_dir, task, rewards, tmp_path, loss, lora, extra):
     cfg = tiny_train_config(tiny_dir, task, tmp_path / "run", rewards, f"loss.name={loss}", f"lora.enabled={lora}",
                             *extra)
