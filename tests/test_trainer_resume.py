@@ -109,3 +109,26 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
     Qwen2_5_VLForConditionalGeneration.from_pretrained(last)
     torch.load(last / "optimizer.pt", weights_only=True)
     assert load_trainer_state(last).step == 1
+
+
+def test_lora_resume_from_full_init_keeps_its_base(tiny_dir, task, tmp_path):
+    """LoRA RL started from a full-weights checkpoint (e.g. a full SFT) resumes onto that checkpoint,
+    not onto model.name_or_path (PEFT records the base in adapter_config.json)."""
+    from mmgrpo.models.tiny import TinySpec, save_tiny
+
+    rewards = reward_file(tmp_path)
+    other = save_tiny(tmp_path / "other-init", TinySpec(seed=7))  # stands in for a full SFT checkpoint
+    common = ["lora.enabled=true", "max_steps=2", "save_every=1"]
+    full = train(tiny_train_config(tiny_dir, task, tmp_path / "a", rewards, *common, f"init_from={other}"))
+    train(tiny_train_config(tiny_dir, task, tmp_path / "b", rewards, "lora.enabled=true", "max_steps=1",
+                            "save_every=1", f"init_from={other}"))
+    resumed = train(tiny_train_config(tiny_dir, task, tmp_path / "b", rewards, *common, "resume_from=auto"))
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fp16_refused_without_cuda(tiny_dir, task, tmp_path):
+    from mmgrpo.trainer.setup import setup
+
+    with pytest.raises(ValueError, match="fp16"):
+        setup(tiny_train_config(tiny_dir, task, tmp_path / "r", reward_file(tmp_path), "model.dtype=fp16"))

@@ -87,6 +87,9 @@ def prepare_policy(
         model = apply_lora(model, lora_cfg, train_vision=not model_cfg.freeze_vision)
     if model_cfg.freeze_vision:
         freeze_vision(model)
+    if model_cfg.dtype == "fp16":  # mixed precision: fp16 autocast + loss scaling over fp32 master weights
+        for p in trainable_parameters(model):
+            p.data = p.data.float()
     if model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora_cfg.enabled:

@@ -27,14 +27,16 @@ from mmgrpo.config import TrainConfig
 T = TypeVar("T")
 
 
-def make_accelerator() -> Accelerator:
+def make_accelerator(mixed_precision: str = "no") -> Accelerator:
     """The trainer's Accelerator. DDP settings, both needed for correctness, not speed:
     find_unused_parameters: a process whose groups are all skipped trains on a text-only filler
       forward that leaves the vision tower unused (and LoRA / partial freezing can leave others);
     broadcast_buffers=False: the model's buffers are constants (rotary inv_freq), and a buffer
-      broadcast in every forward would make each forward a collective."""
+      broadcast in every forward would make each forward a collective.
+    mixed_precision "fp16": fp16 autocast with a loss scaler over fp32 trainable weights (pure fp16
+      AdamW underflows); bf16 and fp32 load the weights in that dtype and need neither."""
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
-    return Accelerator(kwargs_handlers=[ddp])
+    return Accelerator(kwargs_handlers=[ddp], mixed_precision=mixed_precision)
 
 
 def is_zero3(acc: Accelerator) -> bool:
@@ -58,6 +60,9 @@ def check_supported(acc: Accelerator, cfg: TrainConfig) -> None:
         # FSDP1 cannot run forwards on gathered parameters (summon_full_params forbids it), so the
         # rollout's data-dependent number of forwards would deadlock; FSDP2 can (`full_params`).
         raise ValueError("FSDP v1 is not supported: set fsdp_version: 2 (configs/accelerate/fsdp_8gpu.yaml)")
+    if cfg.model.dtype == "fp16" and acc.device.type != "cuda":
+        raise ValueError("model.dtype=fp16 trains with CUDA fp16 autocast and a loss scaler; on "
+                         f"{acc.device.type} use bf16 or fp32")
     if cfg.prompts_per_step < acc.num_processes:
         raise ValueError(f"prompts_per_step={cfg.prompts_per_step} is the global batch and must be at least the number "
                          f"of processes ({acc.num_processes}): each process trains on whole groups")

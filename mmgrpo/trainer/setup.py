@@ -3,6 +3,7 @@ optimizer and LR schedule, rewards, augmentation scheduler, logger; and restore 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -78,12 +79,22 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path 
     if start_from is not None and ckpt.is_adapter_checkpoint(start_from):
         from peft import PeftModel
 
-        base = load_base_model(model_cfg, device)
+        base = load_base_model(adapter_base(model_cfg, start_from), device)
         model = PeftModel.from_pretrained(base, str(start_from), is_trainable=True)
         return prepare_policy(model_cfg, dataclasses.replace(lora_cfg, enabled=False), device, model=model)
     if start_from is not None:
         model_cfg = dataclasses.replace(model_cfg, name_or_path=str(start_from))
     return prepare_policy(model_cfg, lora_cfg, device)
+
+
+def adapter_base(model_cfg: ModelConfig, adapter: Path) -> ModelConfig:
+    """The base an adapter was trained on. PEFT records it (`base_model_name_or_path`); when that is a
+    local folder (e.g. a full-weights `init_from` checkpoint under LoRA RL) it wins over
+    model.name_or_path, so resuming such a run puts the adapter back on the weights it learnt on."""
+    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if recorded and Path(recorded).is_dir() and recorded != model_cfg.name_or_path:
+        return dataclasses.replace(model_cfg, name_or_path=recorded)
+    return model_cfg
 
 
 def reference_policy(cfg: TrainConfig, model: torch.nn.Module, resume: Path | None, device) -> Reference | None:
@@ -121,7 +132,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     from mmgrpo.processors.encode import PromptEncoder
     from mmgrpo.trainer.rewards import RewardRunner, load_reward
 
-    accelerator = accelerator or dist.make_accelerator()
+    accelerator = accelerator or dist.make_accelerator("fp16" if cfg.model.dtype == "fp16" else "no")
     dist.check_supported(accelerator, cfg)
     torch.manual_seed(cfg.seed)
     resume = ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
