@@ -24,3 +24,16 @@ def tiny(tiny_dir):
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, dtype="float32").eval()
     return model, AutoProcessor.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model's ops are too small to gain from threads, and on a shared 2-core machine
+    intra-op threads contend with other processes (about 2x slower); restored afterwards.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,18 +13,19 @@ from mmgrpo.models.loading import VISION_TOKENS
 from mmgrpo.trainer import logprobs as logprobs_mod
 from mmgrpo.trainer.logprobs import batch_logprobs, group_logprobs
 from mmgrpo.trainer.rollout import Sampler, generate_group, generate_groups, prefill_groups, prefill_shared, special_ids
-from tests.test_logprobs import (  # noqa: F401  (policy, one_thread: fixtures)
+from tests.prompts import make_prompt
+from tests.test_logprobs import (  # noqa: F401  (policy: fixture)
     REL_TOL,
     TowerCalls,
     grads_of,
     make_completions,
-    make_prompt,
     max_grad_rel_err,
-    one_thread,
     policy,
     rel_err,
 )
 from tests.test_rollout import with_logit_bias
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 KINDS = [["video"], ["image"], ["image", "image"]]  # prompt lengths 48 / 38 / 46 on the tiny model
 LENGTHS = [([7, 3, 11, 5], 12), ([2, 4, 1, 3], 5), ([9, 9, 2, 6], 10)]  # completion lengths, width per group

@@ -30,25 +30,14 @@ import yaml
 from mmgrpo.config import TrainConfig, to_dict
 from mmgrpo.trainer.checkpoint import latest_checkpoint, load_trainer_state
 from mmgrpo.trainer.loop import train
-from tests.trainer_utils import small_task, tiny_train_config, weights
+from tests.trainer_utils import REWARD_FILE, small_task, tiny_train_config, weights
 
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
 KEY_BIAS_ATOL = 1e-4  # k_proj biases: zero gradient up to rounding (see above)
 LAUNCH_TIMEOUT_S = 180  # a deadlocked collective fails the test instead of hanging CI
 
-REWARDS = '''
-import os, signal
-
-CALLS = {"n": 0}
-
-def length_reward(completions, **columns):
-    """Varies within a group on a random model; SIGKILLs this process at call N when asked."""
-    kill_at = int(os.environ.get("MMGRPO_TEST_KILL_AT_CALL", "0"))
-    CALLS["n"] += 1
-    if kill_at and CALLS["n"] == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)  # a real crash in the middle of a step
-    return [float(len(c)) / 10.0 for c in completions]
+REWARDS = REWARD_FILE + '''
 
 def even_flat_reward(completions, id, **columns):
     """Constant for even-numbered samples: their groups have zero advantage (nothing to train on)."""

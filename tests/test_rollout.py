@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from transformers import (
@@ -18,33 +17,14 @@ from transformers import (
 
 from mmgrpo.config import GenerationConfig
 from mmgrpo.models.loading import VISION_TOKENS, bad_words_ids
-from mmgrpo.processors.sample import PromptInputs, Sample, VisionInputs
+from mmgrpo.processors.sample import PromptInputs
+from tests.prompts import make_prompt
 from mmgrpo.trainer.rollout import Sampler, finalize, generate_group, prefill_shared, special_ids
 
-VISION_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny model's ops are too small to gain from threads, and on a shared 2-core machine
-    intra-op threads contend with other processes (about 2x slower here); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-def make_prompt(processor, kinds: list[str], seed: int = 0) -> PromptInputs:
-    """A processed prompt with one media item per entry of `kinds` ("image" / "video")."""
-    rng = np.random.default_rng(seed)
-    content = [{"type": k} for k in kinds] + [{"type": "text", "text": "Which shape is it?"}]
-    messages = [{"role": "user", "content": content}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    images = [rng.integers(0, 255, (56, 84, 3), dtype=np.uint8) for k in kinds if k == "image"]
-    videos = [rng.integers(0, 255, (8, 56, 56, 3), dtype=np.uint8) for k in kinds if k == "video"]
-    enc = processor(text=[text], images=images or None, videos=videos or None, return_tensors="pt")
-    vision = VisionInputs(**{k: enc[k] for k in VISION_KEYS if k in enc})
-    sample = Sample(id="t", prompt=[], media=[], answer=None, problem_type="free_text")
-    return PromptInputs(sample, enc["input_ids"], enc["mm_token_type_ids"], vision)
 
 
 def with_logit_bias(model, bias: dict[int, float]):

@@ -29,7 +29,7 @@ from mmgrpo.models.keymap import (
     LEGACY_KEY_MAPPING, current_pattern_dict, current_target_modules, is_legacy_key, remap_keys,
 )
 from mmgrpo.models.loading import DTYPES, load_processor, save_processor_files
-from mmgrpo.models.verify import Probe, VerifyReport, make_probe, verify_export
+from mmgrpo.models.verify import VerifyReport, make_probe, verify_export
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")

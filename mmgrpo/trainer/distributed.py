@@ -16,7 +16,7 @@ With one process every function here is the identity (no communication).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, TypeVar
+from typing import Iterator, TypeVar
 
 import torch
 from accelerate import Accelerator
