@@ -37,9 +37,13 @@ def prepare(root: Path, seed: int, sft_steps: int) -> dict:
     from mmgrpo.models.tiny import TinySpec, save_tiny
     from mmgrpo.trainer.sft import sft
 
-    base = save_tiny(root / "base-model", TinySpec(seed=seed))
-    files = make_task(root / "data", TaskSpec(seed=seed))
-    ckpt = sft(sft_config(base, files.sft_format, root / "sft", sft_steps))
+    from mmgrpo.trainer.checkpoint import latest_checkpoint
+
+    files = make_task(root / "data", TaskSpec(seed=seed))  # deterministic: regenerated identically
+    ckpt = latest_checkpoint(root / "sft")  # a finished earlier invocation is reused
+    if ckpt is None or not ckpt.name.endswith(f"-{sft_steps}"):
+        base = save_tiny(root / "base-model", TinySpec(seed=seed))
+        ckpt = sft(sft_config(base, files.sft_format, root / "sft", sft_steps))
     return {"sft": str(ckpt), "train": str(files.train), "heldout": str(files.heldout),
             "accuracy_sft": accuracy(ckpt, files.heldout, demo_vision())}
 
@@ -56,9 +60,16 @@ def run_one(job: dict) -> dict:
                  "eval.batch_size=16", "eval.max_new_tokens=8", "progress_bar=false", "report_to=[jsonl]",
                  *METHODS[job["method"]], *DA]
     cfg = rl_config(Path(job["sft"]), Path(job["train"]), Path(job["heldout"]), out, overrides)
-    t0 = time.perf_counter()
-    final = train(cfg)
-    seconds = time.perf_counter() - t0
+    from mmgrpo.trainer.checkpoint import latest_checkpoint, load_trainer_state
+
+    final = latest_checkpoint(out)
+    if final is not None and load_trainer_state(final).step == job["steps"]:  # finished earlier: reuse
+        seconds = json.loads((out / "run_seconds.json").read_text())["seconds"]
+    else:
+        t0 = time.perf_counter()
+        final = train(cfg)
+        seconds = time.perf_counter() - t0
+        (out / "run_seconds.json").write_text(json.dumps({"seconds": seconds}))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     curve = [(r["step"], r["eval/accuracy"]) for r in rows if r.get("eval/accuracy") is not None]
     zero = [r.get("augment/zero_std_frac_after", r["zero_std_frac"]) for r in rows]
@@ -88,7 +99,8 @@ def summarise(results: list[dict]) -> dict:
 
 
 def write_docs(docs: Path, args, prep: dict, results: list[dict], table: dict) -> None:
-    payload = {"settings": vars(args) | {"out": str(args.out)}, "sft": prep, "runs": results, "summary": table}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    payload = {"settings": settings, "sft": prep, "runs": results, "summary": table}
     (docs / "bench_learning.json").write_text(json.dumps(payload, indent=2))
     lines = [
         "# Learning benchmark (demo task)", "",
@@ -104,9 +116,17 @@ def write_docs(docs: Path, args, prep: dict, results: list[dict], table: dict) -
         steps = f"{t['steps_to_80_mean']:.0f}" if t["steps_to_80_mean"] is not None else "—"
         lines.append(f"| {m} | {t['final_accuracy_mean']:.3f} ± {t['final_accuracy_std']:.3f} | {steps} "
                      f"({t['seeds_reaching_80']}/{t['seeds']}) | {t['zero_std_frac_mean']:.3f} | {t['seconds_mean']:.0f} |")
-    lines += ["", "![held-out accuracy](bench_learning.png)", "", "ANALYSIS_PLACEHOLDER", ""]
+    lines += ["", "![held-out accuracy](bench_learning.png)", "", ANALYSIS, keep_analysis(docs / "bench_learning.md")]
     (docs / "bench_learning.md").write_text("\n".join(lines))
     plot(docs / "bench_learning.png", results)
+
+
+ANALYSIS = "<!-- analysis: written by hand below this line; the script keeps it when it rewrites the table -->"
+
+
+def keep_analysis(md: Path) -> str:
+    text = md.read_text() if md.is_file() else ""
+    return text.split(ANALYSIS, 1)[1].lstrip("\n") if ANALYSIS in text else "## Analysis\n\n(not written yet)\n"
 
 
 def plot(png: Path, results: list[dict]) -> None:
