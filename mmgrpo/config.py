@@ -236,6 +236,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
             return tuple(_coerce(v, a, key) for v, a in zip(value, args))
         return [_coerce(v, args[0], key) for v in value]
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """bool / int / float / str, accepting the spellings YAML and the command line produce."""
     if tp is bool:
         if isinstance(value, bool):
             return value
