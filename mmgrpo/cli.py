@@ -33,7 +33,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmgrpo: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[verb]
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    code = int(getattr(importlib.import_module(module), func)(rest) or 0)
+    finish_distributed()
+    return code
+
+
+def finish_distributed() -> None:
+    """Under `accelerate launch` / torchrun: wait for every process, then tear the process group
+    down explicitly. Left to interpreter exit, a process that finishes first (non-main processes
+    skip the writing) can tear its connections down under a peer still using them, and gloo then
+    aborts the peer (SIGABRT) although all the work was done."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
