@@ -134,6 +134,9 @@ class AugmentConfig:
     strength_scale: float = 1.0  # strength = min(max_strength, scale * |dR|)
     easier: bool = True  # reasoning hints for hard samples
     hint_allow_answer: bool = False
+    # a completion serves as a hint trace only with a combined reward >= this (1.0 = a correct
+    # answer under the default reward weights); a well-formatted wrong answer must not become a hint
+    trace_min_reward: float = 1.0
 
 
 @dataclass

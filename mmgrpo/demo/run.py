@@ -60,6 +60,19 @@ def accuracy(model_dir: Path, data: Path, vision: VisionConfig) -> float:
     return result.metrics.accuracy
 
 
+def clear_previous(out: Path) -> None:
+    """The demo owns its folder: a second `mmgrpo demo` starts afresh instead of mixing runs."""
+    import shutil
+
+    stale = [p for p in out.glob("checkpoint-*")] + [out / n for n in ("sft", "tensorboard", "merged")]
+    stale += [out / n for n in ("metrics.jsonl", "samples.jsonl", "summary.json", "report.md", "reward_curve.png")]
+    stale = [p for p in stale if p.exists()]
+    if stale:
+        print(f"[demo] removing the previous demo run in {out}")
+    for p in stale:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mmgrpo demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
@@ -69,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out)
+    clear_previous(out)
     base = save_tiny(out / "base-model", TinySpec(seed=args.seed))
     files = make_task(out / "data", TaskSpec(seed=args.seed))
     print(f"[demo] tiny model -> {base}; task -> {out / 'data'}")

@@ -24,12 +24,12 @@ HARDER_STREAM, EASIER_STREAM, TRACE_STREAM = 100_000, 200_000, 300_000
 
 
 def augment_groups(run: Run, groups: list[Group]) -> list[Group]:
-    from mmgrpo.trainer.loop import rollout_prompts
+    from mmgrpo.trainer.loop import guarded, rollout_prompts
 
     sched, cfg = run.augment, run.cfg.augment
     decisions = [sched.decide(g.sample_id, g.total_reward.nan_to_num(0.0).tolist()) for g in groups]
     for g in groups:
-        sched.record(g.sample_id, g.texts, g.total_reward.nan_to_num(0.0).tolist())
+        record_traces(run, g.sample_id, g.texts, g.total_reward)
     sched.observe([float(g.total_reward.nan_to_num(0.0).mean()) for g in groups])  # after all decisions
     made: list[tuple[PromptInputs, int, Decision]] = []
     for g, d in zip(groups, decisions):
@@ -37,7 +37,8 @@ def augment_groups(run: Run, groups: list[Group]) -> list[Group]:
             break
         if d.kind == "none":
             continue
-        prompt = (harder_prompt if d.kind == "harder" else easier_prompt)(run, g, d)
+        maker = harder_prompt if d.kind == "harder" else easier_prompt
+        prompt = guarded(run, maker, run, g, d, counter="skipped_augmentations")  # media may vanish mid-run
         if prompt is not None:
             made.append((prompt, (HARDER_STREAM if d.kind == "harder" else EASIER_STREAM) + g.stream, d))
     extra = []
@@ -82,5 +83,15 @@ def answer_shown_trace(run: Run, g: Group) -> str | None:
     probe = rollout_prompts(run, [shown], [TRACE_STREAM + g.stream])[0]
     probe.prompt = dataclasses.replace(probe.prompt, sample=sample)  # scored against the original question
     score(run, [probe])
-    run.augment.record(sample.id, probe.texts, probe.rewards.nan_to_num(0.0).sum(1).tolist())
+    weights = torch.tensor(run.cfg.reward.weights, dtype=probe.rewards.dtype)  # [R]
+    record_traces(run, sample.id, probe.texts, (probe.rewards.nan_to_num(0.0) * weights).sum(1))  # [G] weighted
     return run.augment.best_trace(sample.id)
+
+
+def record_traces(run: Run, sample_id: str, texts: list[str], totals: torch.Tensor) -> None:
+    """Remember the sample's best completion as a future hint, on the same (weighted) reward scale
+    for every source, and only completions reaching `augment.trace_min_reward` (a correct answer):
+    a well-formatted wrong answer scores > 0 but must never be handed out as a hint."""
+    floor = run.cfg.augment.trace_min_reward
+    kept = [float(r) if float(r) >= floor else 0.0 for r in totals.nan_to_num(0.0).tolist()]  # 0 = not recorded
+    run.augment.record(sample_id, texts, kept)

@@ -56,21 +56,29 @@ def encode(run: Run, sample: Sample) -> PromptInputs | None:
     """Encoded prompt of an original sample, from the LRU when seen before (encoding is a pure
     function of the sample and the budget; the video processor is a real per-step cost). A bad
     sample raises (naming it) unless the user asked for skips: then it is counted."""
-    cache = run.prompt_cache
+    cache = run.prompt_cache  # on the CPU: pixel values of 64 long clips would crowd the GPU
     if sample.id in cache:
         cache.move_to_end(sample.id)
-        return cache[sample.id]
-    try:
-        prompt = run.encoder.encode(sample).to(run.device)
-    except BadSampleError:
-        if run.cfg.data.on_bad_sample == "raise":
-            raise
-        run.state.counters["skipped_samples"] = run.state.counters.get("skipped_samples", 0) + 1
+        return cache[sample.id].to(run.device)
+    prompt = guarded(run, run.encoder.encode, sample)
+    if prompt is None:
         return None
     cache[sample.id] = prompt
     while len(cache) > run.cfg.vision.prompt_cache_size:
         cache.popitem(last=False)
-    return prompt
+    return prompt.to(run.device)
+
+
+def guarded(run: Run, fn, *args, counter: str = "skipped_samples"):
+    """`fn(*args)`; a BadSampleError (it names the sample) propagates unless the user asked for
+    skips (`data.on_bad_sample=skip`): then it is counted under `counter` and None returned."""
+    try:
+        return fn(*args)
+    except BadSampleError:
+        if run.cfg.data.on_bad_sample == "raise":
+            raise
+        run.state.counters[counter] = run.state.counters.get(counter, 0) + 1
+        return None
 
 
 def rollout_prompts(run: Run, prompts: list[PromptInputs], streams: list[int], augmentation: str = "none") -> list[Group]:
@@ -95,11 +103,18 @@ def rollout(run: Run, prompts: list[tuple[int, Sample]]) -> list[Group]:
     return rollout_prompts(run, [p for _, p in encoded], [index for index, _ in encoded])
 
 
+def reward_columns(sample: Sample) -> dict:
+    """The sample's dataset columns, with `answer`, `options` and `problem_type` replaced by their
+    parsed values (the ones evaluation scores with): a ms-swift/TRL row whose reference is the
+    assistant turn has no `answer` column, and raw `options` may be a string."""
+    return {**sample.columns, "answer": sample.answer, "options": sample.options, "problem_type": sample.problem_type}
+
+
 def score(run: Run, groups: list[Group]) -> None:
     """Reward functions over each group's completions, with the original sample's columns."""
     for g in groups:
         sample = g.prompt.sample
-        columns = {k: [v] * g.size for k, v in sample.columns.items()}
+        columns = {k: [v] * g.size for k, v in reward_columns(sample).items()}
         lengths = g.completion_mask.sum(dim=1).tolist()  # [G]
         result = run.rewards(g.texts, columns, [sample.id] * g.size, completion_lengths=lengths,
                              max_completion_length=run.cfg.generation.max_new_tokens,

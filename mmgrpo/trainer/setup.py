@@ -98,12 +98,15 @@ def adapter_base(model_cfg: ModelConfig, adapter: Path) -> ModelConfig:
 
 
 def reference_policy(cfg: TrainConfig, model: torch.nn.Module, resume: Path | None, device) -> Reference | None:
-    """pi_ref is the policy training started from. LoRA: the policy with adapters disabled. Full
-    fine-tuning: a frozen copy of the start weights (base or init_from); when resuming, those are
-    loaded again rather than copied from the checkpoint, so a resumed run keeps the same reference."""
+    """pi_ref. LoRA: the policy with adapters disabled, i.e. the base model (an SFT *adapter* given as
+    init_from keeps training, so pi_ref is then the pre-SFT base; to anchor the KL at the SFT model,
+    merge the SFT adapter with `mmgrpo merge` and use the merged folder as model.name_or_path).
+    Full fine-tuning: a frozen copy of the start weights (base or init_from); when resuming, those
+    are loaded again (init_from as the run recorded it) rather than copied from the checkpoint."""
     if resume is None or cfg.lora.enabled or cfg.loss.beta == 0:
         return make_reference(model, cfg.loss.beta)
-    start = build_policy(cfg.model, cfg.lora, Path(cfg.init_from) if cfg.init_from else None, device)
+    init = ckpt.load_trainer_state(resume).config["init_from"]  # resume_from excludes init_from in cfg
+    start = build_policy(cfg.model, cfg.lora, Path(init) if init else None, device)
     return Reference(model, start.eval().requires_grad_(False))
 
 
@@ -123,8 +126,34 @@ def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], dict[str, i
     held = load_samples_from_config(cfg.data, split="eval") if cfg.data.eval else None
     if not train.samples:
         raise ValueError(f"data.train {cfg.data.train}: no usable samples")
+    for split, samples in (("data.train", train.samples), ("data.eval", held.samples if held else [])):
+        check_unique_ids(split, samples)
     counters = {"skipped_samples": len(train.skipped) + (len(held.skipped) if held else 0)}
     return train.samples, (held.samples if held else []), counters
+
+
+def check_start(cfg: TrainConfig, resume: Path | None) -> None:
+    """A fresh run must not share output_dir with another run's checkpoints (pruning would delete its
+    own newer-but-lower-numbered checkpoints, and resume=auto would later pick the other run's);
+    RL resumes only RL checkpoints (an SFT checkpoint is a starting point: init_from)."""
+    existing = ckpt.latest_checkpoint(cfg.output_dir)
+    if resume is None and existing is not None:
+        raise ValueError(f"output_dir {cfg.output_dir} already holds {existing.name}: continue it with "
+                         "resume_from=auto, or choose a new output_dir")
+    if resume is not None and ckpt.load_trainer_state(resume).kind != "grpo":
+        raise ValueError(f"resume_from={resume} is an `mmgrpo sft` checkpoint: start RL from it with "
+                         f"init_from={resume}")
+
+
+def check_unique_ids(split: str, samples: list[Sample]) -> None:
+    """Sample ids key the prompt cache and the augmentation memory: two questions sharing an id (e.g.
+    the video id) would be trained on each other's prompt. Refuse, naming both rows."""
+    seen: dict[str, Sample] = {}
+    for s in samples:
+        if s.id in seen:
+            raise ValueError(f"{split}: sample id {s.id!r} is used by {seen[s.id].ref} and by {s.ref}; "
+                             "give each question its own `id`")
+        seen[s.id] = s
 
 
 def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
@@ -136,6 +165,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     dist.check_supported(accelerator, cfg)
     torch.manual_seed(cfg.seed)
     resume = ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
+    check_start(cfg, resume)
     start = resume or (Path(cfg.init_from) if cfg.init_from else None)
     processor = load_processor(str(start or cfg.model.name_or_path), cfg.model.trust_remote_code)
     model = build_policy(cfg.model, cfg.lora, start, accelerator.device)

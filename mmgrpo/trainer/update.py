@@ -170,10 +170,16 @@ def policy_update(run: Run, groups: list[Group]) -> dict[str, float]:
     cfg = run.cfg
     norm = global_normalizer(run, groups)
     active = [g for g in groups if contributes(g, cfg.loss.beta)]
+    if dist.global_max(run.accelerator, len(active)) == 0:
+        # nothing to learn anywhere (every group flat, no KL): an AdamW step on zero gradients would
+        # still move the weights through its momentum, so skip the update and the LR schedule
+        return {"loss": 0.0, "grad_norm": 0.0, "active_groups": 0.0, "skipped_update": 1.0,
+                "lr": run.lr_scheduler.get_last_lr()[0]}
     items = lockstep(run, active, groups)
-    fill_fixed_logprobs(run, [g for g, _ in items if g is not None])  # fillers too: lockstep
     chunks = [items[i :: cfg.optim.grad_accum] for i in range(cfg.optim.grad_accum)]
     chunks = [c for c in chunks if c] or [[]]
+    for chunk in chunks:  # per micro-batch, like the policy pass: bounded memory; fillers too (lockstep)
+        fill_fixed_logprobs(run, [g for g, _ in chunk if g is not None])
     metrics: list[tuple[dict[str, float], int]] = []
     losses, grad_norms = [], []
     run.model.train()

@@ -1,0 +1,72 @@
+"""Inputs and states the trainer must refuse or handle without silently training on the wrong thing."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from mmgrpo.processors.formats import load_samples
+from mmgrpo.trainer.loop import reward_columns, train
+from mmgrpo.trainer.rewards import REWARDS
+from tests.test_sft import sft_cfg
+from tests.trainer_utils import reward_file, small_task, tiny_train_config, weights
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return small_task(tmp_path_factory.mktemp("task"))
+
+
+def test_duplicate_ids_are_refused(tiny_dir, task, tmp_path):
+    rows = [json.loads(line) for line in task.train.read_text().splitlines()]
+    rows[1]["id"] = rows[0]["id"]  # e.g. two questions about one video keyed by the video id
+    dup = task.train.parent / "dup.jsonl"
+    dup.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_train_config(tiny_dir, task, tmp_path / "run", reward_file(tmp_path), f"data.train=[{dup}]")
+    with pytest.raises(ValueError, match=f"sample id '{rows[0]['id']}' is used by .*row 0.* and by .*row 1"):
+        train(cfg)
+
+
+def test_fresh_run_into_used_output_dir_and_rl_resume_of_sft_are_refused(tiny_dir, task, tmp_path):
+    from mmgrpo.trainer.sft import sft
+
+    rewards = reward_file(tmp_path)
+    train(tiny_train_config(tiny_dir, task, tmp_path / "run", rewards, "max_steps=1"))
+    with pytest.raises(ValueError, match="already holds checkpoint-1: continue it with resume_from=auto"):
+        train(tiny_train_config(tiny_dir, task, tmp_path / "run", rewards, "max_steps=1"))
+    sft_ckpt = sft(sft_cfg(tiny_dir, task, tmp_path / "sft", "max_steps=1", "lora.enabled=false"))
+    with pytest.raises(ValueError, match="is an `mmgrpo sft` checkpoint: start RL from it with init_from"):
+        train(tiny_train_config(tiny_dir, task, tmp_path / "sft", rewards, f"resume_from={sft_ckpt}"))
+
+
+def test_rewards_see_the_parsed_answer_of_a_swift_row(tmp_path, task):
+    """ms-swift rows may carry the reference only as the assistant turn (no `answer` column)."""
+    video = json.loads(task.train.read_text().splitlines()[0])["video"]
+    row = {"messages": [{"role": "user", "content": "<video>What colour? A. red B. green"},
+                        {"role": "assistant", "content": "<answer>B</answer>"}],
+           "videos": [video], "options": json.dumps(["A. red", "B. green"])}
+    path = task.train.parent / "swift_row.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    sample = load_samples(str(path)).samples[0]
+    assert "answer" not in sample.columns and sample.answer == "B"
+    columns = {k: [v] * 2 for k, v in reward_columns(sample).items()}
+    assert REWARDS["accuracy"](["<answer>B</answer>", "<answer>A</answer>"], **columns) == [1.0, 0.0]
+
+
+FLAT = '''
+def flat(completions, **columns):
+    return [1.0] * len(completions)
+'''
+
+
+def test_no_update_when_every_group_is_flat(tiny_dir, task, tmp_path):
+    path = tmp_path / "flat.py"
+    path.write_text(textwrap.dedent(FLAT))
+    final = train(tiny_train_config(tiny_dir, task, tmp_path / "run", path, f"reward.functions=[{path}:flat]",
+                                    "lora.enabled=false", "max_steps=2"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["skipped_update"] == 1.0 and r["zero_std_frac"] == 1.0 for r in rows)
+    base, after = weights(tiny_dir), weights(final)
+    assert all(torch.equal(base[k], after[k]) for k in base)
