@@ -280,7 +280,8 @@ LOSSES: dict[str, Callable[[LossInputs, LossConfig, Normalizer], LossOutput]] = 
 
 # Settings each paper uses. A config can apply one with `apply_preset`; the trainer uses `cfg` as
 # given and never looks here, so a preset is a starting point, not a hidden override.
-# DAPO's dynamic sampling and overlong penalty live in the sampler and the rewards, not here.
+# DAPO's overlong penalty is the `overlong` reward; its dynamic sampling (refilling the batch with
+# prompts whose groups are not flat) is not implemented: flat groups contribute nothing instead.
 PRESETS: dict[str, dict[str, object]] = {
     # DeepSeekMath §4.1 / §5.2: eps 0.2, beta 0.04, group std normalisation
     "grpo": {"aggregation": "seq_mean_token_mean", "advantage_scale": "group", "epsilon_low": 0.2,
