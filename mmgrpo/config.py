@@ -93,6 +93,9 @@ class RewardConfig:
 @dataclass
 class LossConfig:
     name: Literal["grpo", "dr_grpo", "dapo", "gspo", "reg_grpo"] = "reg_grpo"
+    # true: the paper settings of `name` (mmgrpo.trainer.losses.PRESETS) fill every loss field that the
+    # YAML / overrides leave unset, e.g. loss.name=dapo loss.preset=true -> clip-higher + token_mean
+    preset: bool = False
     aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_sum_const"] = "seq_mean_token_mean"
     advantage_scale: Literal["group", "batch", "none"] = "group"
     beta: float = 0.0  # KL coefficient; 0 skips the reference forward entirely
@@ -331,9 +334,24 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
             raise ConfigError(f"{path}: top level must be a mapping")
         values = loaded
     values = _merge(values, parse_overrides(overrides or []))
+    if cls is TrainConfig:
+        values = _with_loss_preset(values)
     cfg = _build(cls, values)
     validate(cfg)
     return cfg
+
+
+def _with_loss_preset(values: dict) -> dict:
+    """loss.preset: the variant's paper settings under the user's own loss settings."""
+    from mmgrpo.trainer.losses import PRESETS  # the table lives with the losses it documents
+
+    loss = values["loss"] if isinstance(values.get("loss"), dict) else {}
+    if "preset" not in loss or not _coerce(loss["preset"], bool, "loss.preset"):
+        return values
+    name = loss["name"] if "name" in loss else LossConfig.name
+    if name not in PRESETS:
+        return values  # _build reports the unknown name
+    return {**values, "loss": {**PRESETS[name], **loss}}
 
 
 def to_dict(cfg: Any) -> dict:

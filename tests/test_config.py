@@ -63,3 +63,12 @@ def test_cli_reports_config_errors(capsys):
         train_main(["loss.bogus=1"])
     assert e.value.code == 2
     assert "unknown key loss.bogus" in capsys.readouterr().err
+
+
+def test_loss_preset_fills_only_unset_fields():
+    plain = load_config(TrainConfig, None, ["loss.name=dapo"])
+    assert (plain.loss.epsilon_high, plain.loss.aggregation) == (0.2, "seq_mean_token_mean")  # name = objective only
+    dapo = load_config(TrainConfig, None, ["loss.name=dapo", "loss.preset=true"])
+    assert (dapo.loss.epsilon_high, dapo.loss.aggregation, dapo.loss.beta) == (0.28, "token_mean", 0.0)
+    mine = load_config(TrainConfig, None, ["loss.name=dr_grpo", "loss.preset=true", "loss.beta=0.01"])
+    assert (mine.loss.advantage_scale, mine.loss.aggregation, mine.loss.beta) == ("none", "seq_sum_const", 0.01)
