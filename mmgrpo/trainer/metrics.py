@@ -77,7 +77,7 @@ def step_metrics(run: Run, groups: list[Group], extra: list[Group], stats: dict[
     lengths = torch.cat([g.lengths for g in everything]) if everything else torch.zeros(1)  # [N]
     tokens = sum(g.prompt_tokens for g in everything) + float(lengths.sum())
     out = {
-        **reward_metrics(run, everything),
+        **reward_metrics(run, groups),  # the original questions only: augmented inputs are easier/harder
         **stats,
         "advantage/mean": float(adv.mean()),
         "advantage/std": float(adv.std(unbiased=False)),
@@ -95,6 +95,8 @@ def step_metrics(run: Run, groups: list[Group], extra: list[Group], stats: dict[
         out["augment/harder"] = float(sum(g.augmentation == "harder" for g in extra))
         out["augment/easier"] = float(sum(g.augmentation == "easier" for g in extra))
         out["augment/mean_strength"] = sum(g.aug_strength for g in extra) / max(1, len(extra))
+        if extra:
+            out["augment/reward_mean"] = reward_metrics(run, extra)["reward/mean"]
     for k, v in dist.sum_counters(run.accelerator, run.state.counters).items():
         out[f"count/{k}"] = float(v)
     return out
