@@ -39,6 +39,7 @@ class TrainerState:
     counters: dict[str, int] = field(default_factory=dict)  # skipped samples, reward errors, ...
     config: dict = field(default_factory=dict)
     kind: str = "grpo"  # "grpo" | "sft": which command wrote it
+    grad_scaler: dict | None = None  # fp16 loss scale and growth tracker (plain numbers)
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:

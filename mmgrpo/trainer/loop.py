@@ -11,9 +11,11 @@
 """
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -149,6 +151,14 @@ def difficulty_update(run: Run, groups: list[Group]) -> list[Group]:
     return extra
 
 
+def seed_everything(seed: int) -> None:
+    """torch (dropout) and, for user reward functions, Python's `random` and NumPy: every step's
+    randomness is a function of (seed, step, process), so a resumed run draws the same numbers."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
 def train(cfg: TrainConfig, run: Run | None = None) -> Path:
     """Run GRPO-family training; returns the final checkpoint folder."""
     run = run or setup(cfg)
@@ -157,7 +167,7 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Path:
     last = None
     while run.state.step < cfg.max_steps:
         t0 = time.perf_counter()
-        torch.manual_seed(ckpt.step_seed(cfg.seed, run.state.step, 10_000 + acc.process_index))
+        seed_everything(ckpt.step_seed(cfg.seed, run.state.step, 10_000 + acc.process_index))
         with dist.full_params(acc, run.model):  # sharded parameters (FSDP / ZeRO-3) gathered for sampling
             groups = rollout(run, next_prompts(run))
         score(run, groups)

@@ -186,6 +186,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
         state = ckpt.load_trainer_state(resume)
         ckpt.load_optimizer_state(resume, optimizer)
         lr_sched.load_state_dict(state.lr_scheduler)
+        if accelerator.scaler is not None and state.grad_scaler is not None:  # fp16: continue the loss scale
+            accelerator.scaler.load_state_dict(state.grad_scaler)
         if augment is not None and state.augment is not None:
             augment.load_state_dict(state.augment)
     if not accelerator.is_main_process:
@@ -205,6 +207,8 @@ def save(run: Run) -> Path:
     checkpoint folder on every process (the loop's control flow must not differ between them)."""
     acc = run.accelerator
     run.state.lr_scheduler = run.lr_scheduler.state_dict()
+    scaler = run.accelerator.scaler
+    run.state.grad_scaler = scaler.state_dict() if scaler is not None else None
     run.state.augment = run.augment.state_dict() if run.augment is not None else None
     state = dataclasses.replace(run.state, counters=dist.sum_counters(acc, run.state.counters))
     # ZeRO / FSDP shard the optimizer state: no process could write all of it (resume is refused there)
