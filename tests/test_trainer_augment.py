@@ -65,3 +65,29 @@ def test_da_resume_is_exact(tiny_dir, task, tmp_path):
     assert load_trainer_state(resumed).augment == load_trainer_state(full).augment
     wa, wb = weights(full), weights(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+HARD = '''
+def hard_or_length(completions, id, **columns):
+    return [0.0 if int(i[-1]) % 2 == 0 else 1.0 + len(c) / 20.0 for c, i in zip(completions, id)]
+'''
+
+
+@pytest.mark.parametrize("easier", [True, False])
+def test_easier_setting_gates_hints(tiny_dir, task, tmp_path, easier):
+    """Even samples always score 0: flat groups harder than the window mean, i.e. "easier" decisions.
+    With augment.easier=true a hint is attempted for them; with false, never."""
+    import mmgrpo.trainer.augment_phase as phase
+
+    calls = []
+    real = phase.easier_prompt
+    phase.easier_prompt = lambda run, g, d: calls.append(g.sample_id) or real(run, g, d)
+    try:
+        path = tmp_path / "hard.py"
+        path.write_text(textwrap.dedent(HARD))
+        train(tiny_train_config(tiny_dir, task, tmp_path / "run", path, f"reward.functions=[{path}:hard_or_length]",
+                                "augment.enabled=true", "augment.dead_zone=0.05", f"augment.easier={easier}",
+                                "prompts_per_step=4", "max_steps=3"))
+    finally:
+        phase.easier_prompt = real
+    assert bool(calls) == easier

@@ -24,7 +24,6 @@ from mmgrpo.config import VisionConfig
 from mmgrpo.processors.sample import MediaOptions
 
 FACTOR = 28  # patch_size 14 * merge_size 2
-MERGE = 2  # spatial merge size: one LM token per 2x2 patches
 
 
 @dataclass(frozen=True)

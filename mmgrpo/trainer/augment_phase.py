@@ -35,7 +35,7 @@ def augment_groups(run: Run, groups: list[Group]) -> list[Group]:
     for g, d in zip(groups, decisions):
         if len(made) >= cfg.max_extra_rollouts:
             break
-        if d.kind == "none":
+        if d.kind == "none" or (d.kind == "easier" and not cfg.easier):  # augment.easier=false: hints off
             continue
         maker = harder_prompt if d.kind == "harder" else easier_prompt
         prompt = guarded(run, maker, run, g, d, counter="skipped_augmentations")  # media may vanish mid-run

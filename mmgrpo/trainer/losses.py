@@ -278,8 +278,8 @@ LOSSES: dict[str, Callable[[LossInputs, LossConfig, Normalizer], LossOutput]] = 
     "reg_grpo": reg_grpo_loss,
 }
 
-# Settings each paper uses. A config can apply one with `apply_preset`; the trainer uses `cfg` as
-# given and never looks here, so a preset is a starting point, not a hidden override.
+# Settings each paper uses. `loss.preset=true` fills the loss fields a config leaves unset with them
+# (mmgrpo.config); `apply_preset` overrides all of them. The trainer itself uses `cfg` as given.
 # DAPO's overlong penalty is the `overlong` reward; its dynamic sampling (refilling the batch with
 # prompts whose groups are not flat) is not implemented: flat groups contribute nothing instead.
 PRESETS: dict[str, dict[str, object]] = {
