@@ -3,7 +3,6 @@ optimizer and LR schedule, rewards, augmentation scheduler, logger; and restore 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -73,28 +72,29 @@ def lr_lambda(optim: OptimConfig, max_steps: int):
     return f
 
 
-def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path | None, device) -> torch.nn.Module:
+def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path | None, device,
+                 init_from: Path | None = None) -> torch.nn.Module:
     """Policy from the base, or from a checkpoint (`init_from` / resume): a full-weights checkpoint is
-    a model folder; an adapter checkpoint is loaded onto the base and stays trainable."""
+    a model folder; an adapter checkpoint is loaded, trainable, onto the weights the run started from
+    (`init_from` when that is a full-weights folder, e.g. a full SFT; else the base)."""
     if start_from is not None and ckpt.is_adapter_checkpoint(start_from):
         from peft import PeftModel
 
-        base = load_base_model(adapter_base(model_cfg, start_from), device)
-        model = PeftModel.from_pretrained(base, str(start_from), is_trainable=True)
+        base_cfg = model_cfg
+        if init_from is not None and not ckpt.is_adapter_checkpoint(init_from):
+            base_cfg = dataclasses.replace(model_cfg, name_or_path=str(init_from))
+        model = PeftModel.from_pretrained(load_base_model(base_cfg, device), str(start_from), is_trainable=True)
         return prepare_policy(model_cfg, dataclasses.replace(lora_cfg, enabled=False), device, model=model)
     if start_from is not None:
         model_cfg = dataclasses.replace(model_cfg, name_or_path=str(start_from))
     return prepare_policy(model_cfg, lora_cfg, device)
 
 
-def adapter_base(model_cfg: ModelConfig, adapter: Path) -> ModelConfig:
-    """The base an adapter was trained on. PEFT records it (`base_model_name_or_path`); when that is a
-    local folder (e.g. a full-weights `init_from` checkpoint under LoRA RL) it wins over
-    model.name_or_path, so resuming such a run puts the adapter back on the weights it learnt on."""
-    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if recorded and Path(recorded).is_dir() and recorded != model_cfg.name_or_path:
-        return dataclasses.replace(model_cfg, name_or_path=recorded)
-    return model_cfg
+def run_init(cfg: TrainConfig, resume: Path | None) -> Path | None:
+    """The checkpoint the run started from: cfg.init_from, or on resume the one the run recorded
+    (resume_from and init_from exclude each other in a config)."""
+    init = ckpt.load_trainer_state(resume).config["init_from"] if resume is not None else cfg.init_from
+    return Path(init) if init else None
 
 
 def reference_policy(cfg: TrainConfig, model: torch.nn.Module, resume: Path | None, device) -> Reference | None:
@@ -105,8 +105,8 @@ def reference_policy(cfg: TrainConfig, model: torch.nn.Module, resume: Path | No
     are loaded again (init_from as the run recorded it) rather than copied from the checkpoint."""
     if resume is None or cfg.lora.enabled or cfg.loss.beta == 0:
         return make_reference(model, cfg.loss.beta)
-    init = ckpt.load_trainer_state(resume).config["init_from"]  # resume_from excludes init_from in cfg
-    start = build_policy(cfg.model, cfg.lora, Path(init) if init else None, device)
+    init = run_init(cfg, resume)
+    start = build_policy(cfg.model, cfg.lora, init, device, init_from=init)
     return Reference(model, start.eval().requires_grad_(False))
 
 
@@ -166,9 +166,10 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     torch.manual_seed(cfg.seed)
     resume = ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
     check_start(cfg, resume)
-    start = resume or (Path(cfg.init_from) if cfg.init_from else None)
+    init = run_init(cfg, resume)
+    start = resume or init
     processor = load_processor(str(start or cfg.model.name_or_path), cfg.model.trust_remote_code)
-    model = build_policy(cfg.model, cfg.lora, start, accelerator.device)
+    model = build_policy(cfg.model, cfg.lora, start, accelerator.device, init_from=init)
     reference = reference_policy(cfg, model, resume, accelerator.device)
     optimizer, lr_sched = build_optimizer(model, cfg.optim, cfg.max_steps)
     dist.configure_deepspeed(accelerator, cfg.optim.max_grad_norm)
