@@ -19,10 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 METHODS = {
-    "grpo": ["loss.name=grpo", "augment.enabled=false"],
-    "reg_grpo": ["loss.name=reg_grpo", "augment.enabled=false"],
-    "reg_grpo+da": ["loss.name=reg_grpo", "augment.enabled=true"],
-    "grpo+da": ["loss.name=grpo", "augment.enabled=true"],
+    "grpo": ["loss.objective=clipped_token", "augment.enabled=false"],
+    "reg_grpo": ["loss.objective=reg_grpo", "augment.enabled=false"],
+    "reg_grpo+da": ["loss.objective=reg_grpo", "augment.enabled=true"],
+    "grpo+da": ["loss.objective=clipped_token", "augment.enabled=true"],
 }
 # DA settings used for both "+da" methods: perturb easy (all-correct) groups with frame noise and
 # masking; hints for hard groups need a reasoning trace, which the demo's answer-only completions

@@ -38,7 +38,7 @@ from mmgrpo.processors.encode import LoadedMedia, PromptEncoder, count_tokens
 from mmgrpo.processors.sample import Media, PromptInputs, Sample
 from mmgrpo.trainer.batch import pad_stack
 from mmgrpo.trainer.logprobs import batch_logprobs
-from mmgrpo.trainer.losses import LOSSES, LossInputs, Normalizer
+from mmgrpo.trainer.losses import LossInputs, Normalizer, compute_loss
 from mmgrpo.trainer.rollout import Rollout, generate_groups
 
 MODES = ("repeat", "shared")
@@ -190,8 +190,8 @@ def train_step(s: Setup, prompts: list[PromptInputs], gen: GenerationConfig, mod
         mask=pad_stack([m.float() for m in masks], T),  # [B, G, T]
         zero_std=torch.zeros(B, dtype=torch.bool, device=dev),  # [B]
     )
-    cfg = LossConfig(name="grpo", beta=0.04)
-    LOSSES[cfg.name](x, cfg, Normalizer.local(x, gen.max_new_tokens)).loss.backward()
+    cfg = LossConfig(objective="clipped_token", beta=0.04)
+    compute_loss(x, cfg, Normalizer.local(x, gen.max_new_tokens)).loss.backward()
     t.append(sync(dev))
     torch.nn.utils.clip_grad_norm_(trainable_parameters(s.policy), 1.0)
     s.optimizer.step()

@@ -137,8 +137,8 @@ def full_config(tiny_dir, task, rewards, out: Path) -> TrainConfig:
     """GRPO with the KL term (a frozen reference copy), DAPO's token_mean aggregation (divides by
     the global token count) and batch-level advantage scaling (the std of the global batch)."""
     return tiny_train_config(tiny_dir, task, out, rewards, "lora.enabled=false", "prompts_per_step=4", "max_steps=4",
-                             "save_every=2", "optim.schedule=cosine", "optim.warmup_steps=1", "loss.name=grpo",
-                             "loss.aggregation=token_mean", "loss.advantage_scale=batch", "loss.beta=0.04")
+                             "save_every=2", "optim.schedule=cosine", "optim.warmup_steps=1", "loss.objective=clipped_token",
+                             "loss.aggregation=token_mean", "advantage.scale=batch", "loss.beta=0.04")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_two_processes_match_one_lora_with_an_idle_process(tiny_dir, task, rewar
     """Reg-GRPO without KL. Unshuffled data: process 0 always gets the even samples, whose rewards
     are flat, so it has no group to train on (their forwards are skipped) and must still join
     every collective (filler forwards)."""
-    common = ["lora.enabled=true", "prompts_per_step=4", "max_steps=3", "data.shuffle=false", "loss.name=reg_grpo",
+    common = ["lora.enabled=true", "prompts_per_step=4", "max_steps=3", "data.shuffle=false", "loss.objective=reg_grpo",
               "loss.beta=0.0", f"reward.functions=[{rewards}:even_flat_reward]"]
     one = train(tiny_train_config(tiny_dir, task, tmp_path / "one", rewards, *common))
     two = launch_ok(2, tiny_train_config(tiny_dir, task, tmp_path / "two", rewards, *common))

@@ -7,14 +7,12 @@ import math
 import pytest
 import torch
 
-from mmgrpo.config import LossConfig
+from mmgrpo.config import PRESETS, LossConfig, TrainConfig, load_config
 from mmgrpo.trainer.losses import (
-    LOSSES,
-    PRESETS,
+    OBJECTIVES,
     LossInputs,
     Normalizer,
     aggregate,
-    apply_preset,
     compute_loss,
 )
 
@@ -56,7 +54,7 @@ def _clip_case(ref=None):
 )
 def test_grpo_hand_computed_each_aggregation(aggregation, expected):
     x = _clip_case()
-    cfg = LossConfig(name="grpo", aggregation=aggregation, beta=0.0, epsilon_low=0.2, epsilon_high=0.2)
+    cfg = LossConfig(objective="clipped_token", aggregation=aggregation, beta=0.0, epsilon_low=0.2, epsilon_high=0.2)
     out = compute_loss(x, cfg, Normalizer.local(x, max_completion_len=4))
     assert out.loss.item() == pytest.approx(expected, abs=1e-12)
     # clipped tokens: 1.5 (A>0, above 1.2) and 0.5 (A<0, below 0.8): 2 of 3 real tokens
@@ -74,7 +72,7 @@ def test_grpo_kl_added_to_loss_not_reward():
     d = [[[0.0, math.log(2)], [math.log(2), 0.0]]]
     ref = (x0.logp.detach() + torch.tensor(d, dtype=torch.float64)).tolist()
     x = _clip_case(ref=ref)
-    cfg = LossConfig(name="grpo", aggregation="seq_mean_token_mean", beta=0.1)
+    cfg = LossConfig(objective="clipped_token", aggregation="seq_mean_token_mean", beta=0.1)
     out = compute_loss(x, cfg, Normalizer.local(x, 4))
     k = 1 - math.log(2)  # 0.306853
     seq0 = (-1.2 + (-0.9 + 0.1 * k)) / 2
@@ -88,9 +86,9 @@ def test_grpo_kl_added_to_loss_not_reward():
 def test_dapo_clip_higher_differs_from_grpo():
     # A=+1, r=1.25: grpo clips at 1.2 (loss -1.2), dapo's eps_high=0.28 lets 1.25 through (loss -1.25)
     x = _inputs([[[math.log(1.25)], [0.0]]], [[[0.0], [0.0]]], [[1.0, -1.0]], [[[1], [1]]])
-    grpo_cfg = dataclasses.replace(apply_preset(LossConfig(name="grpo")), beta=0.0)  # no reference here
+    grpo_cfg = dataclasses.replace(preset("grpo"), beta=0.0)  # no reference here
     grpo = compute_loss(x, grpo_cfg, Normalizer.local(x, 1)).loss.item()
-    dapo = compute_loss(x, apply_preset(LossConfig(name="dapo")), Normalizer.local(x, 1)).loss.item()
+    dapo = compute_loss(x, preset("dapo"), Normalizer.local(x, 1)).loss.item()
     # second sequence: r=1, A=-1 -> +1. grpo: (-1.2 + 1)/2 ; dapo: (-1.25 + 1)/2
     assert grpo == pytest.approx((-1.2 + 1.0) / 2)
     assert dapo == pytest.approx((-1.25 + 1.0) / 2)
@@ -100,7 +98,7 @@ def test_gspo_hand_computed_sequence_clip():
     # seq0 log ratios [0.001, 0] -> s = e^0.0005 = 1.0005 > 1 + 4e-4, A=+1 -> clipped: -1.0004
     # seq1 log ratios [-0.001, 0] -> s = e^-0.0005 = 0.9995 < 1 - 3e-4, A=-1: min(-0.9995, -0.9997) -> +0.9997
     x = _inputs([[[0.001, 0.0], [-0.001, 0.0]]], [[[0.0, 0.0], [0.0, 0.0]]], [[1.0, -1.0]], [[[1, 1], [1, 1]]])
-    cfg = apply_preset(LossConfig(name="gspo"))
+    cfg = preset("gspo")
     out = compute_loss(x, cfg, Normalizer.local(x, 2))
     assert out.loss.item() == pytest.approx((-1.0004 + 0.9997) / 2, abs=1e-12)
     assert out.metrics["clip_frac"].item() == 1.0
@@ -115,10 +113,10 @@ def test_gspo_equals_grpo_on_policy():
     mask = (torch.rand(2, 3, 5) > 0.3).double()
     adv = torch.randn(2, 3, dtype=torch.float64)
     grads = []
-    for name in ("grpo", "gspo"):
+    for name in ("clipped_token", "gspo"):
         lp = logp.clone().requires_grad_(True)
         x = LossInputs(lp, lp.detach(), None, adv, mask, torch.zeros(2, dtype=torch.bool))
-        cfg = LossConfig(name=name, aggregation="seq_mean_token_mean")
+        cfg = LossConfig(objective=name, aggregation="seq_mean_token_mean")
         compute_loss(x, cfg, Normalizer.local(x, 5)).loss.backward()
         grads.append(lp.grad)
     torch.testing.assert_close(grads[0], grads[1])
@@ -136,7 +134,7 @@ def _reg_case():
 
 def test_reg_grpo_hand_computed():
     x = _reg_case()
-    cfg = LossConfig(name="reg_grpo", beta=0.0, reg_eps=1e-6, reg_ratio="sum")
+    cfg = LossConfig(objective="reg_grpo", beta=0.0, reg_eps=1e-6, reg_ratio="sum")
     out = compute_loss(x, cfg, Normalizer.local(x, 2))
     # rho = [0.4, -0.2, 0.1]; mean 0.1; centred [0.3, -0.3, 0]; var = 0.18 / 3 = 0.06
     z = 0.3 / math.sqrt(0.06 + 1e-6)  # 1.2247346
@@ -166,7 +164,7 @@ def test_reg_grpo_on_policy_closed_form(reg_ratio):
     mask = torch.tensor([[[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]], dtype=torch.float64)
     adv = torch.tensor([[1.5, -0.5, 0.5, -1.5]], dtype=torch.float64)  # centred, as group advantages are
     x = LossInputs(logp, logp.detach(), None, adv, mask, torch.zeros(1, dtype=torch.bool))
-    cfg = LossConfig(name="reg_grpo", beta=0.0, reg_eps=eps, reg_ratio=reg_ratio)
+    cfg = LossConfig(objective="reg_grpo", beta=0.0, reg_eps=eps, reg_ratio=reg_ratio)
     out = compute_loss(x, cfg, Normalizer.local(x, T))
     # z = 0 everywhere: loss = mean_i A_i^2 = (2.25 + 0.25 + 0.25 + 2.25) / 4 = 1.25
     assert out.loss.item() == pytest.approx(1.25)
@@ -179,7 +177,7 @@ def test_reg_grpo_on_policy_closed_form(reg_ratio):
     torch.testing.assert_close(logp.grad[0], expected)
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_all_equal_rewards_finite_and_no_signal(name):
     from mmgrpo.trainer.advantages import compute_advantages
 
@@ -189,13 +187,13 @@ def test_all_equal_rewards_finite_and_no_signal(name):
     assert adv.advantages.abs().max().item() == 0.0 and adv.zero_std.tolist() == [True]
     logp = torch.randn(1, 4, 3, requires_grad=True)
     x = LossInputs(logp, logp.detach(), None, adv.advantages, torch.ones(1, 4, 3), adv.zero_std)
-    out = compute_loss(x, LossConfig(name=name), Normalizer.local(x, 3))
+    out = compute_loss(x, LossConfig(objective=name), Normalizer.local(x, 3))
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(logp.grad).all()
     assert logp.grad.abs().max().item() == 0.0
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_gradient_flows_only_through_mask(name):
     torch.manual_seed(3)
     logp = torch.randn(2, 3, 4, dtype=torch.float64)
@@ -208,7 +206,7 @@ def test_gradient_flows_only_through_mask(name):
     ref = logp.detach() - 0.1
     adv = torch.tensor([[1.0, -0.5, -0.5], [0.3, -0.6, 0.3]], dtype=torch.float64)
     x = LossInputs(logp, old, ref, adv, mask, torch.zeros(2, dtype=torch.bool))
-    cfg = LossConfig(name=name, beta=0.04, epsilon_low=0.5, epsilon_high=0.5)  # wide clip: nothing clipped
+    cfg = LossConfig(objective=name, beta=0.04, epsilon_low=0.5, epsilon_high=0.5)  # wide clip: nothing clipped
     compute_loss(x, cfg, Normalizer.local(x, 4)).loss.backward()
     g = logp.grad
     assert torch.isfinite(g).all()
@@ -229,11 +227,11 @@ def _random_inputs(seed, B=4, G=3, T=6):
     return logp, old, ref, adv, mask, zero_std
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
 @pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_sum_const"])
 def test_micro_batches_sum_to_full_batch(name, aggregation):
     logp, old, ref, adv, mask, zero_std = _random_inputs(4)
-    cfg = LossConfig(name=name, aggregation=aggregation, beta=0.04, epsilon_low=0.1, epsilon_high=0.1)
+    cfg = LossConfig(objective=name, aggregation=aggregation, beta=0.04, epsilon_low=0.1, epsilon_high=0.1)
 
     full_lp = logp.clone().requires_grad_(True)
     full = LossInputs(full_lp, old, ref, adv, mask, zero_std)
@@ -269,24 +267,32 @@ def test_aggregate_ignores_masked_nan():
 
 
 def test_presets_are_valid_config_settings():
-    assert set(PRESETS) == set(LOSSES)
-    dr = apply_preset(LossConfig(name="dr_grpo"))
-    assert (dr.aggregation, dr.advantage_scale, dr.beta) == ("seq_sum_const", "none", 0.0)
-    dapo = apply_preset(LossConfig(), "dapo")
-    assert (dapo.name, dapo.aggregation, dapo.epsilon_high) == ("dapo", "token_mean", 0.28)
-    gspo = apply_preset(LossConfig(name="gspo"))
-    assert (gspo.epsilon_low, gspo.epsilon_high) == (3e-4, 4e-4)
+    assert {p["loss"]["objective"] for p in PRESETS.values()} == set(OBJECTIVES)
+    dr = load_config(TrainConfig, None, ["loss.preset=dr_grpo"])
+    assert (dr.loss.aggregation, dr.advantage.scale, dr.loss.beta) == ("seq_sum_const", "none", 0.0)
+    dapo = preset("dapo")
+    assert (dapo.objective, dapo.aggregation, dapo.epsilon_high) == ("clipped_token", "token_mean", 0.28)
+    gspo = preset("gspo")
+    assert (gspo.objective, gspo.epsilon_low, gspo.epsilon_high) == ("gspo", 3e-4, 4e-4)
     # the loss functions use cfg as given: a preset is never applied behind the caller's back
     x = _clip_case()
-    plain = compute_loss(x, LossConfig(name="dapo", aggregation="seq_mean_token_mean"), Normalizer.local(x, 4))
+    plain = compute_loss(x, LossConfig(objective="clipped_token", aggregation="seq_mean_token_mean"),
+                         Normalizer.local(x, 4))
     assert plain.loss.item() == pytest.approx(-0.125)
+    with pytest.raises(ValueError, match="unknown loss.objective 'dapo'"):
+        compute_loss(x, LossConfig(objective="dapo"), Normalizer.local(x, 4))
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+def preset(name: str) -> LossConfig:
+    """The loss settings `loss.preset=NAME` gives."""
+    return load_config(TrainConfig, None, [f"loss.preset={name}"]).loss
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_zero_counts_give_zero_loss_not_nan(name):
     """A step where every group is flat (groups = 0) or nothing is unmasked (tokens = 0)."""
     logp = torch.randn(1, 2, 3, requires_grad=True)
     x = LossInputs(logp, logp.detach(), None, torch.zeros(1, 2), torch.zeros(1, 2, 3), torch.tensor([True]))
-    out = compute_loss(x, LossConfig(name=name), Normalizer(tokens=0, sequences=2, groups=0, max_completion_len=3))
+    out = compute_loss(x, LossConfig(objective=name), Normalizer(tokens=0, sequences=2, groups=0, max_completion_len=3))
     out.loss.backward()
     assert out.loss.item() == 0.0 and torch.isfinite(logp.grad).all()

@@ -127,7 +127,7 @@ def _both(args, cfg, data, grad_accum=1):
 def test_token_level_matches_trl(tmp_path, loss_type, beta, bias_kl, epsilon, epsilon_high):
     args = _args(tmp_path, loss_type=loss_type, beta=beta, epsilon=epsilon, epsilon_high=epsilon_high,
                  use_bias_correction_kl=bias_kl)
-    cfg = LossConfig(name="grpo", aggregation=AGGREGATION[loss_type], beta=beta, epsilon_low=epsilon,
+    cfg = LossConfig(objective="clipped_token", aggregation=AGGREGATION[loss_type], beta=beta, epsilon_low=epsilon,
                      epsilon_high=epsilon_high or epsilon, kl_importance_weight=bias_kl)
     (t_loss, t_grad, t_metrics), (o_loss, o_grad, o_metrics) = _both(args, cfg, _data(0))
     assert o_grad.abs().sum() > 0
@@ -142,7 +142,7 @@ def test_gspo_matches_trl_sequence_level(tmp_path, beta):
     """GSPO = TRL's importance_sampling_level="sequence" with loss_type="grpo" (TRL's recommended GSPO setup)."""
     args = _args(tmp_path, loss_type="grpo", importance_sampling_level="sequence", beta=beta, epsilon=3e-4,
                  epsilon_high=4e-4, use_bias_correction_kl=False)
-    cfg = LossConfig(name="gspo", aggregation="seq_mean_token_mean", beta=beta, epsilon_low=3e-4, epsilon_high=4e-4)
+    cfg = LossConfig(objective="gspo", aggregation="seq_mean_token_mean", beta=beta, epsilon_low=3e-4, epsilon_high=4e-4)
     logp, old, ref, mask, adv = _data(1)
     old = logp + 1e-3 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     (t_loss, t_grad, _), (o_loss, o_grad, _) = _both(args, cfg, (logp, old, ref, mask, adv))
@@ -156,7 +156,7 @@ def test_gradient_accumulation_matches_trl(tmp_path, loss_type):
     """Two micro-batches with TRL's accumulation scaling == ours with one step-level Normalizer."""
     args = _args(tmp_path, loss_type=loss_type, beta=0.04, gradient_accumulation_steps=2,
                  use_bias_correction_kl=False)
-    cfg = LossConfig(name="grpo", aggregation=AGGREGATION[loss_type], beta=0.04)
+    cfg = LossConfig(objective="clipped_token", aggregation=AGGREGATION[loss_type], beta=0.04)
     logp, old, ref, mask, adv = _data(2, b=2 * B)
     parts = [slice(0, B), slice(B, 2 * B)]
     n_items = mask.sum()  # dapo: TRL's num_items_in_batch spans the whole generation batch

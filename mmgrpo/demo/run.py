@@ -7,6 +7,7 @@ same questions with every frame replaced by noise (must fall to chance: the mode
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -43,8 +44,7 @@ def rl_config(start: Path, data: Path, heldout: Path, out: Path, overrides: list
         f"model.name_or_path={start}", f"init_from={start}", f"data.train=[{data}]", f"data.eval=[{heldout}]",
         f"output_dir={out}", *overrides,
     ])
-    cfg.data.prompt_suffix = SUFFIX
-    return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prompt_suffix=SUFFIX))
 
 
 def accuracy(model_dir: Path, data: Path, vision: VisionConfig) -> float:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     summary = {
         "accuracy_sft": acc_sft, "accuracy_rl": acc_rl, "accuracy_rl_noise_video": acc_noise, "chance": 0.25,
-        "steps": cfg.max_steps, "seconds": round(seconds, 1), "loss": cfg.loss.name,
+        "steps": cfg.max_steps, "seconds": round(seconds, 1), "loss": cfg.loss.objective, "preset": cfg.loss.preset,
         "augment": cfg.augment.enabled, "final_checkpoint": str(final),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -61,9 +61,8 @@ def vision_settings(args: argparse.Namespace, base: VisionConfig) -> VisionConfi
     """The config's vision settings (or the defaults) with the command-line flags on top."""
     given = {k: getattr(args, k) for k in ("fps", "nframes", "max_frames", "max_pixels") if getattr(args, k) is not None}
     vision = replace(base, **given)
-    vision.min_frames = min(vision.min_frames, vision.max_frames)
-    vision.min_pixels = min(vision.min_pixels, vision.max_pixels)
-    return vision
+    return replace(vision, min_frames=min(vision.min_frames, vision.max_frames),
+                   min_pixels=min(vision.min_pixels, vision.max_pixels))
 
 
 def compare_main(args: argparse.Namespace) -> int:

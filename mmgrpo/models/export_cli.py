@@ -92,9 +92,10 @@ def infer_main(argv: list[str]) -> int:
     from mmgrpo.models.infer import InferRequest, answer  # the processors stack loads only for this verb
 
     args = infer_parser().parse_args(argv)
-    vision = VisionConfig(fps=args.fps, nframes=args.nframes, max_frames=args.max_frames, max_pixels=args.max_pixels)
-    vision.min_frames = min(vision.min_frames, vision.max_frames)
-    vision.min_pixels = min(vision.min_pixels, vision.max_pixels)
+    defaults = VisionConfig()
+    vision = VisionConfig(fps=args.fps, nframes=args.nframes, max_frames=args.max_frames, max_pixels=args.max_pixels,
+                          min_frames=min(defaults.min_frames, args.max_frames),
+                          min_pixels=min(defaults.min_pixels, args.max_pixels))
     req = InferRequest(
         model=args.model, media=args.media, question=args.question, adapter=args.adapter, system_prompt=args.system,
         max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device, vision=vision,

@@ -7,7 +7,7 @@ from mmgrpo.config import ConfigError, SFTConfig, TrainConfig, load_config
 
 USAGE = """usage: mmgrpo {verb} [CONFIG.yaml] [key=value ...]
 
-Nested keys use dots, e.g. loss.name=grpo optim.lr=1e-5 generation.num_generations=8.
+Nested keys use dots, e.g. loss.preset=grpo optim.lr=1e-5 generation.num_generations=8.
 Lists are comma-separated or YAML: reward.functions=accuracy,format  reward.weights=[1.0,0.5]"""
 
 

@@ -133,8 +133,8 @@ def advantages(run: Run, groups: list[Group]) -> None:
     rewards, rows = dist.global_rewards(run.accelerator, streams, local)  # [B_all, G, R], row of each local group
     if rewards is None:  # no group on any process
         return
-    a = compute_advantages(rewards, run.cfg.reward.weights, run.cfg.reward.combine,
-                           run.cfg.loss.advantage_scale, run.cfg.loss.adv_eps)
+    a = compute_advantages(rewards, run.cfg.reward.weights, run.cfg.advantage.combine,
+                           run.cfg.advantage.scale, run.cfg.advantage.eps)
     for i, g in zip(rows, groups):
         g.total_reward, g.advantages, g.zero_std = a.total[i], a.advantages[i], bool(a.zero_std[i])  # [G], [G]
 

@@ -1,9 +1,10 @@
-"""Policy losses of the GRPO family (ALGORITHMS.md §1-§3): pure functions over tensors.
+"""Policy losses of the GRPO family: pure functions over tensors.
 
-Every variant has the signature `fn(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput`
-and is picked from the literal dict `LOSSES`; the trainer never branches on the name. The
-objective (what is computed per token / sequence / group) and the token aggregation
-(`cfg.aggregation`, one `aggregate` function) are separate settings.
+Every objective has the signature `fn(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput`
+and is picked from the literal dict `OBJECTIVES` by `loss.objective`; the trainer never branches on
+a name. The objective (what is computed per token / sequence / group), the token aggregation
+(`cfg.aggregation`, one `aggregate` function) and the advantage scaling (trainer/advantages.py) are
+separate settings; paper names are presets of them (mmgrpo.config.PRESETS).
 
 Shapes: B groups, G completions per group, T completion tokens (right-padded, `mask` = 1 on real
 completion tokens).
@@ -98,7 +99,7 @@ class LossOutput:
 
 
 # ----------------------------------------------------------------------------------------------
-# token aggregation (ALGORITHMS.md §1 "Aggregation choices")
+# token aggregation: GRPO's per-sequence mean, DAPO's token mean, Dr. GRPO's constant
 
 
 def _seq_mean_token_mean(per_token: Tensor, mask: Tensor, norm: Normalizer) -> Tensor:
@@ -200,7 +201,7 @@ def clipped_token_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> Loss
 
     Dr. GRPO (arXiv 2503.20783 §3.2) keeps this objective and changes the advantage (no std),
     the aggregation (seq_sum_const) and beta (0); DAPO (arXiv 2503.14476 §3.1, §3.3) changes
-    eps_high (0.28) and the aggregation (token_mean). Those are settings, see PRESETS.
+    eps_high (0.28) and the aggregation (token_mean). Those are settings (config.PRESETS).
     The k3 KL is added to the per-token loss, not to the reward (DeepSeekMath eq. 3).
     """
     logp = _clean(x.logp, x.mask)  # [B, G, T]
@@ -218,7 +219,7 @@ def clipped_token_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> Loss
 def gspo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
     """GSPO (arXiv 2507.18071 §4.1, eq. 5-7): one ratio per sequence,
     s_i = exp(mean_t(logp - old_logp)) (the length-normalised sequence ratio), clipped with the
-    paper's tiny ranges (§5.1: 3e-4 / 4e-4, set by PRESETS). The sequence term is spread over the
+    paper's tiny ranges (§5.1: 3e-4 / 4e-4, set by the gspo preset). The sequence term is spread over the
     sequence's tokens and reduced with `aggregate`; with seq_mean_token_mean (the preset) that is
     exactly the paper's (1/G) sum_i. Differs from GRPO only off-policy (updates_per_rollout > 1).
     """
@@ -270,49 +271,18 @@ def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     return LossOutput(loss=loss, metrics=metrics)
 
 
-LOSSES: dict[str, Callable[[LossInputs, LossConfig, Normalizer], LossOutput]] = {
-    "grpo": clipped_token_loss,
-    "dr_grpo": clipped_token_loss,  # same objective; the paper's settings are in PRESETS
-    "dapo": clipped_token_loss,  # same objective; clip-higher and token_mean are in PRESETS
+# The objectives, by `loss.objective`. Paper names (GRPO, Dr. GRPO, DAPO, GSPO, Reg-GRPO) are presets
+# of settings in mmgrpo.config.PRESETS: GRPO, Dr. GRPO and DAPO share `clipped_token` and differ in
+# aggregation, advantage scaling, clip range and beta.
+OBJECTIVES: dict[str, Callable[[LossInputs, LossConfig, Normalizer], LossOutput]] = {
+    "clipped_token": clipped_token_loss,
     "gspo": gspo_loss,
     "reg_grpo": reg_grpo_loss,
 }
 
-# Settings each paper uses. `loss.preset=true` fills the loss fields a config leaves unset with them
-# (mmgrpo.config); `apply_preset` overrides all of them. The trainer itself uses `cfg` as given.
-# DAPO's overlong penalty is the `overlong` reward; its dynamic sampling (refilling the batch with
-# prompts whose groups are not flat) is not implemented: flat groups contribute nothing instead.
-PRESETS: dict[str, dict[str, object]] = {
-    # DeepSeekMath §4.1 / §5.2: eps 0.2, beta 0.04, group std normalisation
-    "grpo": {"aggregation": "seq_mean_token_mean", "advantage_scale": "group", "epsilon_low": 0.2,
-             "epsilon_high": 0.2, "beta": 0.04},
-    # Dr. GRPO §3.2: no std, constant (generation budget) normaliser, no KL
-    "dr_grpo": {"aggregation": "seq_sum_const", "advantage_scale": "none", "epsilon_low": 0.2,
-                "epsilon_high": 0.2, "beta": 0.0},
-    # DAPO §3.1 clip-higher (0.2 / 0.28), §3.3 token-level loss, no KL (§2.3)
-    "dapo": {"aggregation": "token_mean", "advantage_scale": "group", "epsilon_low": 0.2,
-             "epsilon_high": 0.28, "beta": 0.0},
-    # GSPO §5.1: clipping ranges 3e-4 (left) / 4e-4 (right); sequence-level mean; no KL
-    "gspo": {"aggregation": "seq_mean_token_mean", "advantage_scale": "group", "epsilon_low": 3e-4,
-             "epsilon_high": 4e-4, "beta": 0.0},
-    # DeepVideo-R1 §4 (SEED-Bench-R1 runs): beta 0.1, group z-score target, sum log-ratio, no clip
-    "reg_grpo": {"aggregation": "seq_mean_token_mean", "advantage_scale": "group", "beta": 0.1,
-                 "reg_ratio": "sum"},
-}
-
-
-def apply_preset(cfg: LossConfig, name: str | None = None) -> LossConfig:
-    """A copy of `cfg` with the paper settings of `name` (default: cfg.name) filled in."""
-    import dataclasses
-
-    key = cfg.name if name is None else name
-    if key not in PRESETS:
-        raise ValueError(f"no preset {key!r}; known: {sorted(PRESETS)}")
-    return dataclasses.replace(cfg, name=key, **PRESETS[key])
-
 
 def compute_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
-    """`LOSSES[cfg.name](x, cfg, norm)` with a clear error for an unknown name."""
-    if cfg.name not in LOSSES:
-        raise ValueError(f"unknown loss {cfg.name!r}; known: {sorted(LOSSES)}")
-    return LOSSES[cfg.name](x, cfg, norm)
+    """`OBJECTIVES[cfg.objective](x, cfg, norm)` with a clear error for an unknown objective."""
+    if cfg.objective not in OBJECTIVES:
+        raise ValueError(f"unknown loss.objective {cfg.objective!r}; known: {sorted(OBJECTIVES)}")
+    return OBJECTIVES[cfg.objective](x, cfg, norm)

@@ -19,7 +19,7 @@ from torch import Tensor
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.batch import Group, pad_stack
 from mmgrpo.trainer.logprobs import batch_logprobs
-from mmgrpo.trainer.losses import LOSSES, LossInputs, Normalizer
+from mmgrpo.trainer.losses import LossInputs, Normalizer, compute_loss
 from mmgrpo.trainer.setup import Run
 
 
@@ -89,7 +89,7 @@ def lockstep(run: Run, active: list[Group], groups: list[Group]) -> list[Item]:
 
 
 def micro_loss(run: Run, chunk: list[Item], norm: Normalizer) -> tuple[Tensor, dict[str, float], int]:
-    """(loss, LOSSES metrics, number of groups that count) of one micro-batch: one forward for the
+    """(loss, loss metrics, number of groups that count) of one micro-batch: one forward for the
     real groups and the fillers together (fillers weigh 0), so every process runs one per chunk."""
     groups = [g for g, counts in chunk if counts]
     fill = [g for g, counts in chunk if not counts and g is not None]
@@ -110,7 +110,7 @@ def micro_loss(run: Run, chunk: list[Item], norm: Normalizer) -> tuple[Tensor, d
         mask=pad_stack([g.completion_mask.float() for g in groups], T),  # [B, G, T]
         zero_std=torch.tensor([g.zero_std for g in groups], device=run.device),  # [B]
     )
-    out = LOSSES[run.cfg.loss.name](x, run.cfg.loss, norm)
+    out = compute_loss(x, run.cfg.loss, norm)
     return out.loss + fillers, {k: float(v) for k, v in out.metrics.items()}, len(groups)
 
 
@@ -121,7 +121,7 @@ def zero_loss(model: torch.nn.Module) -> torch.Tensor:
 
 def accumulate(run: Run, chunks: list[list[Item]], norm: Normalizer, metrics: list) -> float:
     """Loss and backward per micro-batch, gradients synchronised on the last one only; returns this
-    process's share of the step loss. Appends (LOSSES metrics, groups) of each micro-batch."""
+    process's share of the step loss. Appends (loss metrics, groups) of each micro-batch."""
     acc = run.accelerator
     share = 0.0
     for i, chunk in enumerate(chunks):
@@ -148,7 +148,7 @@ def optimizer_step(run: Run) -> float:
 
 def reduce_stats(run: Run, metrics: list, losses: list[float], grad_norms: list[float], active: int) -> dict[str, float]:
     """Step statistics over all processes and passes. The loss is the sum of the processes' shares;
-    LOSSES metrics are means weighted by each micro-batch's groups, except counts (`*_groups`),
+    loss metrics are means weighted by each micro-batch's groups, except counts (`*_groups`),
     which are summed over the step. The gradient norm is already global (taken after the sync)."""
     parts = dist.gather_list(run.accelerator, [(losses, metrics, active)])
     passes = len(losses)
