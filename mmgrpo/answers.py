@@ -1,4 +1,7 @@
-"""Answer parsing and scoring shared by the accuracy reward and the evaluator (ALGORITHMS.md §6).
+"""The answer vocabulary, in one place: problem types, the answer a completion gives, the reference
+answer of a dataset row in canonical form, problem-type inference, and scoring. The accuracy reward,
+the dataset loaders and the evaluator all use these functions, so a checkpoint's evaluation accuracy
+and its training reward read answers the same way.
 
 Everything compares *whole* answers. A substring check (`gt in ans or ans in gt`) is the classic
 reward hack: an empty answer is a substring of everything and "A or B or C" contains the right
@@ -6,11 +9,12 @@ letter. Here an empty answer, or a hedge listing several options, never scores.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import string
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Sequence
 
 PROBLEM_TYPES = ("multiple_choice", "numeric", "exact", "free_text", "temporal_iou")
 
@@ -128,7 +132,7 @@ def rouge_l(pred: str, ref: str) -> float:
     return float(_rouge_scorer().score(ref, pred)["rougeL"].fmeasure)
 
 
-def _interval(value: str | Sequence[float]) -> tuple[float, float] | None:
+def parse_interval(value: str | Sequence[float]) -> tuple[float, float] | None:
     if isinstance(value, str):
         nums = [_to_float(t) for t in _NUMBER_STRICT.findall(answer_text(value)) if "/" not in t]
         if len(nums) != 2 or None in nums:
@@ -147,7 +151,7 @@ def temporal_iou(pred: str | Sequence[float], ref: str | Sequence[float]) -> flo
     """IoU of two [start, end] intervals (pairs, or text such as "[12.5, 30]" / "12.5 - 30 s").
 
     0 for anything that is not exactly one valid interval (two numbers, start <= end)."""
-    a, b = _interval(pred), _interval(ref)
+    a, b = parse_interval(pred), parse_interval(ref)
     if a is None or b is None:
         return 0.0
     inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
@@ -162,7 +166,7 @@ def _option_text(option: str) -> str:
     return re.sub(r"^\s*\(?[A-Z]\)?[.:)]?\s+", "", option)
 
 
-def _choice(pred: str, options: Sequence[str] | None) -> str | None:
+def choice_of(pred: str, options: Sequence[str] | None) -> str | None:
     n = len(options) if options else None
     letter = parse_choice(pred, n)
     if letter is None and options:
@@ -193,7 +197,7 @@ def score_answer(
     if not pred or is_hedge(pred):
         return 0.0
     if problem_type == "multiple_choice":
-        got, want = _choice(pred, options), _choice(ref, options)
+        got, want = choice_of(pred, options), choice_of(ref, options)
         return float(got is not None and got == want)
     if problem_type == "numeric":
         got_n, want_n = parse_number(pred), parse_number(ref)
@@ -205,3 +209,90 @@ def score_answer(
     if problem_type == "free_text":
         return rouge_l(pred, ref)
     return temporal_iou(pred, ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# the answer a completion gives, canonical (what evaluation reports and majority votes count)
+
+
+def parse_answer(text: str, problem_type: str, options: Sequence[str] | None = None) -> str | None:
+    """The answer a completion gives, in the canonical spelling `score_answer` compares ("B", "(B)"
+    and "answer: B" are all "B"; "3.0" and "3" are "3"), or None when it gives none (or hedges)."""
+    said = answer_text(text)
+    if not said or is_hedge(said):
+        return None
+    if problem_type == "multiple_choice":
+        return choice_of(said, options)
+    if problem_type == "numeric":
+        value = parse_number(said)
+        return None if value is None else f"{value:g}"
+    if problem_type == "temporal_iou":
+        interval = parse_interval(said)
+        return None if interval is None else json.dumps([float(v) for v in interval])
+    if problem_type == "exact":
+        return normalize_text(said) or None
+    return said  # free_text: the answer text itself
+
+
+# ----------------------------------------------------------------------------------------------
+# reference answers of dataset rows, and the problem type they imply
+
+_LETTERED = re.compile(r"^\(?([A-Z])\)?[.):]\s*(.*)$", re.DOTALL)
+_LETTER_ONLY = re.compile(r"^\(?([A-Z])\)?[.):]?$")
+_BARE_NUMBER = re.compile(r"[\s$%\d.,eE+\-/]+")
+
+
+def is_number(v: Any) -> bool:
+    """A JSON number (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_interval_text(answer: str) -> bool:
+    try:
+        value = json.loads(answer)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(value, list) and len(value) == 2 and all(is_number(v) for v in value)
+
+
+def reference_answer(value: Any) -> str | None:
+    """A row's reference answer as text: `<answer>B</answer>` -> "B"; numbers and [start, end]
+    lists as text ("[1, 2]" -> "[1.0, 2.0]")."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return json.dumps([float(v) for v in value]) if all(is_number(v) for v in value) else json.dumps(list(value))
+    if not isinstance(value, str):
+        return str(value)
+    tagged = extract_answer_tag(value)
+    text = (tagged if tagged is not None else value).strip()
+    return reference_answer(json.loads(text)) if _is_interval_text(text) else text
+
+
+def reference_letter(answer: str, options: Sequence[str]) -> str:
+    """A multiple-choice reference as its letter: "B", "(B)", "B." or "B. blue" or "blue" -> "B"
+    (options in the "A. text" form); anything else unchanged."""
+    letters = {o[0]: o[3:] for o in options}
+    only = _LETTER_ONLY.match(answer)
+    if only and only.group(1) in letters:
+        return only.group(1)
+    lettered = _LETTERED.match(answer)
+    if lettered and lettered.group(1) in letters:
+        return lettered.group(1)
+    by_text = [k for k, v in letters.items() if v.strip().lower() == answer.strip().lower()]
+    return by_text[0] if len(by_text) == 1 else answer
+
+
+def infer_problem_type(answer: str | None, options: Sequence[str] | None) -> str:
+    """When a row names no problem type: options -> multiple_choice; a [start, end] pair ->
+    temporal_iou; one number ("3", "1,234.5", "3/4", "50%", "$12") -> numeric; else exact."""
+    if options:
+        return "multiple_choice"
+    if answer is None:
+        return "exact"
+    said = answer_text(str(answer))
+    if _is_interval_text(said):
+        return "temporal_iou"
+    if parse_number(said) is not None and _BARE_NUMBER.fullmatch(said):
+        return "numeric"
+    return "exact"

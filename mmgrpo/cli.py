@@ -9,11 +9,11 @@ COMMANDS = {
     "train": ("mmgrpo.trainer.cli", "train_main", "GRPO-family RL training: mmgrpo train CONFIG.yaml key=value ..."),
     "sft": ("mmgrpo.trainer.cli", "sft_main", "supervised warm-up on reference answers: mmgrpo sft CONFIG.yaml ..."),
     "demo": ("mmgrpo.demo.run", "main", "offline end-to-end demo on a tiny model: mmgrpo demo [--out DIR]"),
-    "merge": ("mmgrpo.models.export_cli", "merge_main", "merge a LoRA checkpoint into a plain HF model folder"),
-    "infer": ("mmgrpo.models.export_cli", "infer_main", "one-shot inference on a video/image question"),
+    "merge": ("mmgrpo.models.export", "merge_main", "merge a LoRA checkpoint into a plain HF model folder"),
+    "infer": ("mmgrpo.models.infer", "infer_main", "one-shot inference on a video/image question"),
     "eval": ("mmgrpo.eval.cli", "main", "evaluate a model on multimodal QA benchmarks"),
     "tiny-model": ("mmgrpo.models.cli", "tiny_main", "write a tiny random Qwen2.5-VL model folder"),
-    "check-data": ("mmgrpo.processors.check", "main", "load every sample through the processors and report"),
+    "check-data": ("mmgrpo.check_data", "main", "load every sample through the processors and report"),
 }
 
 

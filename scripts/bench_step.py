@@ -1,9 +1,9 @@
 """Time a full GRPO training step in `repeat` mode (each prompt repeated G times, as other trainers
 do) and in `shared` mode (each prompt encoded once per group, the batched shared-prefix path).
 
-A step is what the trainer does: rollout (`generate_groups`), reference log-probs (beta > 0),
-policy forward + backward (`batch_logprobs`, GRPO loss with the KL term), gradient clipping and an
-AdamW step. Same model, prompts and seeds in both modes. Each (shape, mode) runs in a fresh
+A step is what the trainer does, through the trainer's own functions: rollout (the HF rollout
+backend), then `trainer.update.policy_update` (reference log-probs, policy forward + backward with the
+GRPO loss and its KL term, gradient clipping, an AdamW step). Same model, prompts and seeds in both modes. Each (shape, mode) runs in a fresh
 subprocess so its peak memory is its own. Prompts are encoded before timing (the trainer caches
 encoded prompts; encoding is the same in both modes).
 
@@ -32,14 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmgrpo.config import GenerationConfig, LoraConfig, LossConfig, ModelConfig, VisionConfig
-from mmgrpo.models.loading import make_reference, prepare_policy, trainable_parameters
+from mmgrpo.config import GenerationConfig, LoraConfig, LossConfig, ModelConfig, OptimConfig, VisionConfig
+from mmgrpo.models.backends import HFBackend
+from mmgrpo.models.generate import Rollout, Sampling
+from mmgrpo.models.lora import prepare_policy, trainable_parameters
+from mmgrpo.models.reference import make_reference
+from mmgrpo.models.special import special_ids
 from mmgrpo.processors.encode import LoadedMedia, PromptEncoder, count_tokens
 from mmgrpo.processors.sample import Media, PromptInputs, Sample
-from mmgrpo.trainer.batch import pad_stack
-from mmgrpo.trainer.logprobs import batch_logprobs
-from mmgrpo.trainer.losses import LossInputs, Normalizer, compute_loss
-from mmgrpo.trainer.rollout import Rollout, generate_groups
+from mmgrpo.trainer.records import RolloutGroup, ScoredStep
+from mmgrpo.trainer.update import PolicyParts, UpdateSettings, policy_update
 
 MODES = ("repeat", "shared")
 QUESTION = (
@@ -138,23 +140,19 @@ def make_prompts(processor, shape: Shape, n: int, seed: int) -> list[PromptInput
     return prompts
 
 
-@dataclass
-class Setup:
-    policy: torch.nn.Module
-    processor: object
-    reference: object  # mmgrpo.models.loading.Reference
-    optimizer: torch.optim.Optimizer
-    device: torch.device
+def setup(preset: Preset, device: torch.device):
+    """(the trainer's policy parts for the benchmark model: LoRA or full, reference, AdamW; processor)."""
+    from accelerate import Accelerator
 
-
-def setup(preset: Preset, device: torch.device) -> Setup:
     model, processor = build_model(preset.name)
     model_cfg = ModelConfig(dtype=preset.dtype, gradient_checkpointing=preset.gradient_checkpointing)
     model = model.to(device=device, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[preset.dtype])
-    policy = prepare_policy(model_cfg, LoraConfig(enabled=preset.lora), device, model=model)
-    reference = make_reference(policy, beta=0.04)
+    policy = prepare_policy(model, model_cfg, LoraConfig(enabled=preset.lora))
     optimizer = torch.optim.AdamW(trainable_parameters(policy), lr=1e-6)
-    return Setup(policy, processor, reference, optimizer, device)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    parts = PolicyParts(Accelerator(cpu=device.type == "cpu"), policy, make_reference(policy, beta=0.04), optimizer,
+                        schedule)
+    return parts, processor
 
 
 def sync(device: torch.device) -> float:
@@ -163,42 +161,28 @@ def sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def train_step(s: Setup, prompts: list[PromptInputs], gen: GenerationConfig, mode: str, step: int):
-    """One training step; returns (seconds per phase, rollouts)."""
-    B, G, dev = len(prompts), gen.num_generations, s.device
-    # one generator per group, seeded by (step, group) as the trainer does
-    generators = [torch.Generator(dev).manual_seed(1_000_003 * step + b) for b in range(B)]
-    t = [sync(dev)]
-    s.policy.eval()
-    rollouts = generate_groups(s.policy, s.processor, prompts, G, gen, generators, mode=mode)
-    ids = [r.completion_ids for r in rollouts]  # B x [G, C_b]
-    masks = [r.completion_mask for r in rollouts]  # B x [G, C_b]
-    t.append(sync(dev))
-    with torch.no_grad(), s.reference.active() as ref:
-        ref.eval()
-        ref_logp = batch_logprobs(ref, prompts, ids, masks, mode=mode, temperature=gen.temperature)  # B x [G, C_b]
-    t.append(sync(dev))
-    s.policy.train()
-    logp = batch_logprobs(s.policy, prompts, ids, masks, mode=mode, temperature=gen.temperature)  # B x [G, C_b]
-    T = max(lp.shape[1] for lp in logp)
-    rewards = torch.randn(B, G, generator=torch.Generator().manual_seed(step)).to(dev)  # [B, G] stand-in rewards
-    x = LossInputs(
-        logp=pad_stack(logp, T),  # [B, G, T]
-        old_logp=pad_stack([lp.detach() for lp in logp], T),  # [B, G, T]
-        ref_logp=pad_stack(ref_logp, T),  # [B, G, T]
-        advantages=(rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4),  # [B, G]
-        mask=pad_stack([m.float() for m in masks], T),  # [B, G, T]
-        zero_std=torch.zeros(B, dtype=torch.bool, device=dev),  # [B]
-    )
-    cfg = LossConfig(objective="clipped_token", beta=0.04)
-    compute_loss(x, cfg, Normalizer.local(x, gen.max_new_tokens)).loss.backward()
-    t.append(sync(dev))
-    torch.nn.utils.clip_grad_norm_(trainable_parameters(s.policy), 1.0)
-    s.optimizer.step()
-    s.optimizer.zero_grad(set_to_none=True)
-    t.append(sync(dev))
-    phases = ("rollout", "reference", "policy_fwd_bwd", "optimizer")
-    return {k: b - a for k, a, b in zip(phases, t, t[1:])}, rollouts
+def train_step(parts: PolicyParts, processor, prompts: list[PromptInputs], gen: GenerationConfig, mode: str, step: int):
+    """One training step as the trainer runs it: the HF rollout backend, then `policy_update` (reference
+    log-probs, policy forward + backward with the GRPO loss, clipping, AdamW). Rewards are random
+    stand-ins (the reward functions are not what is measured). Returns (seconds per phase, rollouts)."""
+    B, G, dev = len(prompts), gen.num_generations, parts.accelerator.device
+    special = special_ids(parts.model, processor.tokenizer)
+    backend = HFBackend(processor.tokenizer, special, G, Sampling.of(gen), mode)
+    t0 = sync(dev)
+    rollouts = backend.generate(parts.model, prompts, [1_000_003 * step + b for b in range(B)])
+    rollout_s = sync(dev) - t0
+    groups = tuple(RolloutGroup(p, r.completion_ids, r.completion_mask, r.truncated, r.texts, b, "none", 0.0)
+                   for b, (p, r) in enumerate(zip(prompts, rollouts)))
+    rewards = torch.randn(B, G, generator=torch.Generator().manual_seed(step)).double()  # [B, G] stand-in rewards
+    advantages = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)  # [B, G]
+    scored = ScoredStep(groups, rewards[..., None], rewards, advantages.to(dev), torch.zeros(B, dtype=torch.bool))
+    loss = LossConfig(objective="clipped_token", beta=0.04)
+    settings = UpdateSettings(loss, OptimConfig(lr=1e-6), mode, gen.temperature, gen.max_new_tokens, special.pad)
+    timings: dict[str, float] = {}
+    policy_update(parts, scored, settings, timings)
+    sync(dev)
+    return {"rollout": rollout_s, "reference": timings["reference"], "policy_fwd_bwd": timings["update_fwd_bwd"],
+            "optimizer": timings["update_optimizer"]}, rollouts
 
 
 def token_counts(prompts: list[PromptInputs], rollouts: list[Rollout], G: int, mode: str) -> dict[str, int]:
@@ -259,15 +243,15 @@ def run_child(args) -> dict:
     device = torch.device(args.device)
     preset = PRESETS[args.preset]
     shape = preset.shapes[args.shape]
-    s = setup(preset, device)
+    parts, processor = setup(preset, device)
     n_steps = args.warmup + args.steps
-    prompts = [p.to(device) for p in make_prompts(s.processor, shape, args.prompts * n_steps, seed=1)]
+    prompts = [p.to(device) for p in make_prompts(processor, shape, args.prompts * n_steps, seed=1)]
     gen = GenerationConfig(num_generations=args.G, max_new_tokens=shape.max_new_tokens, temperature=1.0)
     base = memory_mark(device)
     times, counts = [], []
     for step in range(n_steps):
         batch = prompts[step * args.prompts : (step + 1) * args.prompts]
-        phases, rollouts = train_step(s, batch, gen, args.mode, step)
+        phases, rollouts = train_step(parts, processor, batch, gen, args.mode, step)
         if step >= args.warmup:
             times.append(phases)
             counts.append(token_counts(batch, rollouts, args.G, args.mode))

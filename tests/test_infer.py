@@ -14,9 +14,12 @@ from transformers import GenerationConfig
 
 from mmgrpo.config import LoraConfig, VisionConfig
 from mmgrpo.models.export import ExportOptions, export_checkpoint
-from mmgrpo.models.export_cli import infer_main, infer_parser
-from mmgrpo.models.infer import InferRequest, build_sample, greedy_ids
-from mmgrpo.models.loading import VISION_TOKENS, apply_lora, load_processor
+from mmgrpo.models.generate import Sampling, hf_generate
+from mmgrpo.models.infer import InferRequest, build_sample, infer_main, infer_parser
+from mmgrpo.models.layout import collate_prompts
+from mmgrpo.models.loading import load_processor
+from mmgrpo.models.lora import apply_lora
+from mmgrpo.models.special import VISION_TOKENS, special_ids
 from mmgrpo.processors.encode import PromptEncoder
 from mmgrpo.processors.sample import Media, Sample
 
@@ -122,7 +125,8 @@ def test_vision_placeholders_are_never_generated(tiny, tiny_dir, media):
                             mm_token_type_ids=prompt.mm_token_type_ids, max_new_tokens=1, do_sample=False,
                             **prompt.vision.as_kwargs())
     assert int(plain[0, -1]) in (image_pad, video_pad)  # the rig works without the ban
-    ids = greedy_ids(rigged, processor, prompt, max_new_tokens=4)
+    special = special_ids(rigged, tok)  # what `mmgrpo infer` generates with (models.infer.greedy_answer)
+    ids = hf_generate(rigged, collate_prompts([prompt], special.pad, 1), Sampling(4, 0.0, 1.0, 0), special, None)[0]
     banned = {tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
     assert len(ids) > 0 and not set(ids.tolist()) & banned
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from mmgrpo.processors.formats import load_samples
-from mmgrpo.trainer.loop import reward_columns, train
+from mmgrpo.trainer.loop import train
+from mmgrpo.trainer.phases import reward_columns
 from mmgrpo.trainer.rewards import REWARDS
 from tests.test_sft import sft_cfg
 from tests.trainer_utils import reward_file, small_task, tiny_train_config, weights

@@ -1,4 +1,4 @@
-"""Difficulty-aware augmentation, DA (DeepVideo-R1 §3.3, ALGORITHMS.md §4): pure parts.
+"""Difficulty-aware augmentation, DA (DeepVideo-R1 §3.3): pure parts.
 
 `DifficultyScheduler` decides per group ("harder" / "easier" / "none") from ΔR against a replay
 window; `perturb` makes easy videos harder; `make_hint` + `hint_prompt` make hard prompts easier,

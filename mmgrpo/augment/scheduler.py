@@ -1,4 +1,4 @@
-"""Difficulty scheduler of difficulty-aware augmentation, DA (DeepVideo-R1 §3.3, ALGORITHMS.md §4).
+"""Difficulty scheduler of difficulty-aware augmentation, DA (DeepVideo-R1 §3.3).
 
 Difficulty is relative, not absolute: ΔR(x) = (mean of the replay window) − (mean reward of x's
 group). ΔR > 0: x is harder than what the policy has recently seen, so it gets an *easier* input
@@ -12,7 +12,7 @@ Deviations from the paper, on purpose:
 - A dead zone |ΔR| < δ (cfg.dead_zone) leaves samples alone; the paper says none is applied near
   ΔR ≈ 0 without giving a width.
 - cfg.only_zero_variance (default on) restricts augmentation to groups whose rewards are all equal,
-  the groups that carry no gradient otherwise (ALGORITHMS.md §3 pitfall 2); off = paper behaviour.
+  the groups that carry no gradient otherwise (Reg-GRPO skips them, DeepVideo-R1 §3.2); off = paper behaviour.
 
 Everything here is deterministic (no RNG) and the whole state is plain JSON, so that a resumed run
 makes exactly the decisions the uninterrupted run would have made.
@@ -146,7 +146,7 @@ class DifficultyScheduler:
         return None if stored is None else stored[0]
 
     # ------------------------------------------------------------------------------------------
-    # checkpointing (ALGORITHMS.md §4: the scheduler's state is saved with checkpoints)
+    # checkpointing: the scheduler's state is saved with checkpoints, so a resumed run decides alike
 
     def state_dict(self) -> dict:
         """Plain JSON (lists, floats, str): no tensors, no pickle. Floats survive json exactly."""

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from mmgrpo.config import (
-    DataConfig, EvalConfig, LoraConfig, ModelConfig, OptimConfig, SFTConfig, TrainConfig, VisionConfig, load_config,
+    DataConfig, EvalConfig, LoraConfig, ModelConfig, OptimConfig, RewardConfig, SFTConfig, TrainConfig, VisionConfig,
+    load_config,
 )
 from mmgrpo.demo.task import SUFFIX, TaskSpec, make_task
 from mmgrpo.models.tiny import TinySpec, save_tiny
@@ -30,9 +31,9 @@ def demo_vision() -> VisionConfig:
 def sft_config(base: Path, data: Path, out: Path, steps: int) -> SFTConfig:
     return SFTConfig(
         model=ModelConfig(name_or_path=str(base), dtype="fp32", freeze_vision=False),
-        lora=LoraConfig(enabled=False),  # FACTS.md: LoRA learns next to nothing at this size
+        lora=LoraConfig(enabled=False),  # measured: LoRA learns next to nothing at this size
         vision=demo_vision(),
-        data=DataConfig(train=[str(data)], prompt_suffix=SUFFIX),
+        data=DataConfig(train=(str(data),), prompt_suffix=SUFFIX),
         optim=OptimConfig(lr=1e-3, max_grad_norm=1.0),
         output_dir=str(out), max_steps=steps, batch_size=8, progress_bar=False,
     )
@@ -51,12 +52,12 @@ def accuracy(model_dir: Path, data: Path, vision: VisionConfig) -> float:
     """Greedy held-out accuracy through the evaluator (`mmgrpo eval`'s code path)."""
     from mmgrpo.eval.bench import load_eval_data
     from mmgrpo.eval.runner import evaluate
-    from mmgrpo.models.loading import load_base_model, load_processor
+    from mmgrpo.models.loading import load_model, load_processor
 
-    model = load_base_model(ModelConfig(name_or_path=str(model_dir), dtype="fp32")).eval()
+    model = load_model(model_dir, "fp32", "cpu").eval()
     samples = load_eval_data([str(data)], prompt_suffix=SUFFIX, strict=True)
     result = evaluate(model, load_processor(str(model_dir)), samples, EvalConfig(batch_size=16, max_new_tokens=8),
-                      vision, progress=False)
+                      vision, progress=False, numeric_tolerance=RewardConfig().numeric_tolerance)
     return result.metrics.accuracy
 
 

@@ -2,7 +2,7 @@
 
 Each clip shows one coloured square moving over a grey, noisy background; the question asks for
 its colour among four fixed options, so the text alone carries no information (chance = 25%).
-Colour is a spatial attribute a tiny model can learn (FACTS.md: direction of motion is not
+Colour is a spatial attribute a tiny model can learn (measured here: direction of motion is not
 learnable at this size). Clips are written as real mp4 files and read back through the same
 processors as user data.
 """

@@ -14,7 +14,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from mmgrpo.config import ConfigError, EvalConfig, SFTConfig, TrainConfig, VisionConfig, load_config
+from mmgrpo.config import ConfigError, EvalConfig, RewardConfig, SFTConfig, TrainConfig, VisionConfig, load_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature (K > 1)")
     ap.add_argument("--seed", type=int, default=defaults.seed)
     ap.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    ap.add_argument("--numeric-tolerance", type=float,
+                    help="relative tolerance of numeric answers (default: the --config's reward.numeric_tolerance, "
+                         f"else {RewardConfig().numeric_tolerance})")
     ap.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of recording an error")
     ap.add_argument("--format", default=None, choices=["auto", "trl", "swift", "plain"], help="row format (default auto)")
     ap.add_argument("--media-root", help="folder that relative media paths resolve against (default: each data file's folder)")
@@ -87,7 +90,7 @@ def eval_main(args: argparse.Namespace) -> int:
     from mmgrpo.eval.report import write_report
     from mmgrpo.eval.runner import evaluate
     from mmgrpo.eval.store import PredictionStore, RunInfo, read_run_info, write_run_info
-    from mmgrpo.models.infer import load_model
+    from mmgrpo.models.infer import load_for_inference
 
     train = _training_config(args.config)
     vision = vision_settings(args, train.vision if train else VisionConfig())
@@ -116,8 +119,11 @@ def eval_main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         write_run_info(out, info)
     device = str(state.device) if state.num_processes > 1 else args.device  # one device per process
-    loaded = load_model(args.model, args.adapter, args.dtype, device)
-    result = evaluate(loaded.model, loaded.processor, items, cfg, vision, out_dir=out,
+    loaded = load_for_inference(args.model, args.adapter, args.dtype, device)
+    tolerance = args.numeric_tolerance
+    if tolerance is None:
+        tolerance = train.reward.numeric_tolerance if isinstance(train, TrainConfig) else RewardConfig().numeric_tolerance
+    result = evaluate(loaded.model, loaded.processor, items, cfg, vision, out_dir=out, numeric_tolerance=tolerance,
                       progress=not args.no_progress, strict=args.strict, state=state)
     if not state.is_main_process:
         return 0
@@ -139,10 +145,8 @@ def main(argv: list[str]) -> int:
         parser().print_usage(sys.stderr)
         print(f"mmgrpo eval: missing {', '.join(missing)}", file=sys.stderr)
         return 2
-    from mmgrpo.models.export import ExportError
-
     try:
         return eval_main(args)
-    except (ValueError, FileNotFoundError, ExportError) as e:  # BadSampleError (--strict), resume mismatch, config
+    except (ValueError, FileNotFoundError) as e:  # LoadError is a ValueError  # BadSampleError (--strict), resume mismatch, config
         print(f"mmgrpo eval: {e}", file=sys.stderr)
         return 1

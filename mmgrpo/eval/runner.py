@@ -24,10 +24,11 @@ from tqdm.auto import tqdm
 
 from mmgrpo.config import EvalConfig, VisionConfig
 from mmgrpo.eval.bench import LoadError, labels
-from mmgrpo.eval.generate import SamplingSettings, generate_batch
 from mmgrpo.eval.metrics import CORRECT_THRESHOLD, EvalMetrics, PredictionRecord, compute_metrics, majority_vote
 from mmgrpo.eval.scoring import score_output
 from mmgrpo.eval.store import METRICS, PredictionStore
+from mmgrpo.models.generate import Sampling, generate_texts
+from mmgrpo.models.special import special_ids
 from mmgrpo.processors.encode import PromptEncoder
 from mmgrpo.processors.sample import BadSampleError, PromptInputs, Sample
 
@@ -52,9 +53,10 @@ def error_record(item: Sample | LoadError, error: str, kind: str) -> PredictionR
                             category=lab.category, duration=lab.duration, source=item.source, error=error, error_kind=kind)
 
 
-def prediction_record(sample: Sample, texts: list[str], num_tokens: list[int], latency_s: float) -> PredictionRecord:
+def prediction_record(sample: Sample, texts: list[str], num_tokens: list[int], latency_s: float,
+                      numeric_tolerance: float) -> PredictionRecord:
     """Score each of the K completions; the final answer is the single one (K = 1) or the vote."""
-    parsed, scores = zip(*(score_output(t, sample) for t in texts))
+    parsed, scores = zip(*(score_output(t, sample, numeric_tolerance) for t in texts))
     answer, score = majority_vote(list(parsed), list(scores))
     lab = labels(sample)
     return PredictionRecord(
@@ -81,12 +83,14 @@ def run_batch(
     processor,
     encoder: PromptEncoder,
     items: Sequence[Sample | LoadError],
-    settings: SamplingSettings,
-    strict: bool = False,
+    cfg: EvalConfig,
+    seed: int,
+    strict: bool,
+    numeric_tolerance: float,
 ) -> list[PredictionRecord]:
-    """Records for `items` (same order): encode, one `generate` call, score. A sample that cannot be
-    encoded becomes an error record (raised with `strict`). Latency = batch wall time (encoding
-    included) / samples generated."""
+    """Records for `items` (same order): encode, one `generate` call (greedy for K = 1, else K samples
+    at `cfg.temperature` drawn with `seed`), score. A sample that cannot be encoded becomes an error
+    record (raised with `strict`). Latency = batch wall time (encoding included) / samples generated."""
     t0 = time.perf_counter()
     records: dict[str, PredictionRecord] = {}
     prompts: list[PromptInputs] = []
@@ -103,12 +107,15 @@ def run_batch(
                 raise
             records[item.id] = error_record(item, str(e), e.kind)
     if prompts:
-        out = generate_batch(model, processor, prompts, settings)
-        k = settings.num_samples
+        k = cfg.num_samples
+        sampling = Sampling(cfg.max_new_tokens, temperature=cfg.temperature if k > 1 else 0.0, top_p=1.0, top_k=0)
+        out = generate_texts(model, processor.tokenizer, special_ids(model, processor.tokenizer), prompts, sampling,
+                             num_samples=k, seed=seed)
         latency = (time.perf_counter() - t0) / len(prompts)
         for i, p in enumerate(prompts):
             rows = slice(i * k, (i + 1) * k)
-            records[p.sample.id] = prediction_record(p.sample, out.texts[rows], out.num_tokens[rows], latency)
+            records[p.sample.id] = prediction_record(p.sample, list(out.texts[rows]), list(out.num_tokens[rows]), latency,
+                                                       numeric_tolerance)
     return [records[item.id] for item in items]
 
 
@@ -129,6 +136,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     progress: bool = True,
     *,
+    numeric_tolerance: float,
     strict: bool = False,
     encoder: PromptEncoder | None = None,
     on_batch: Callable[[list[PredictionRecord]], None] | None = None,
@@ -137,6 +145,8 @@ def evaluate(
     """Evaluate `samples` (the first `cfg.limit` of them). With `out_dir`, predictions are appended
     to `out_dir/predictions.jsonl` after every batch and ids already there are not evaluated again;
     metrics.json is written at the end. The model's train/eval mode is restored afterwards.
+    `numeric_tolerance`: relative tolerance of numeric answers, the training reward's
+    (`reward.numeric_tolerance`), so that evaluation and training score alike.
     `state`: an accelerate `PartialState` / `Accelerator` to shard over its processes (every process
     calls `evaluate` and gets the whole result; only the main process writes)."""
     items = list(samples[: cfg.limit] if cfg.limit else samples)
@@ -153,8 +163,7 @@ def evaluate(
     try:
         for b, batch in enumerate(shards.batches(pending, cfg.batch_size)):
             seed = cfg.seed + b * shards.count + shards.index  # one process: cfg.seed + b
-            settings = SamplingSettings(cfg.max_new_tokens, cfg.num_samples, cfg.temperature, seed=seed)
-            new = shards.gather(run_batch(model, processor, encoder, batch, settings, strict))
+            new = shards.gather(run_batch(model, processor, encoder, batch, cfg, seed, strict, numeric_tolerance))
             if store is not None:
                 store.append(new)  # flushed: a kill now loses nothing of this batch
             done.update((r.id, r) for r in new)

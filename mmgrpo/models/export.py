@@ -8,34 +8,33 @@ generation config and every processor file, and nothing of the trainer state.
 Failure modes this guards against (the usual "my GRPO LoRA will not load" reports):
 - the base loaded through a text-only class: we always use `AutoModelForImageTextToText`;
 - adapter keys from before transformers 4.52 (see `keymap`): renamed, then every adapter key must
-  have found its parameter, else we stop;
+  have found its parameter, else we stop (both in `loading.load_model`);
 - missing `preprocessor_config.json` / video processor / chat template: always written;
 - a merge that silently changed the model: `verify.verify_export` compares logits on an
   image + video probe in a fresh process that does not import mmgrpo.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig, PreTrainedModel
+from transformers import AutoConfig, GenerationConfig
 
-from mmgrpo.models.keymap import (
-    LEGACY_KEY_MAPPING, current_pattern_dict, current_target_modules, is_legacy_key, remap_keys,
-)
-from mmgrpo.models.loading import DTYPES, load_processor, save_processor_files
+from mmgrpo.models.loading import LoadError, legacy_keys, load_model, load_processor, save_processor_files
 from mmgrpo.models.verify import VerifyReport, make_probe, verify_export
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
-class ExportError(Exception):
+class ExportError(LoadError):
     """A checkpoint that cannot be exported as asked; the message says what to change."""
 
 
@@ -45,14 +44,6 @@ class CheckpointInfo:
     kind: Literal["adapter", "full"]
     base: str | None  # adapter: base_model_name_or_path from adapter_config.json
     has_processor: bool
-
-
-@dataclass
-class AdapterLoadReport:
-    renamed: int  # keys mapped from the pre-4.52 layout
-    missing: list[str]  # adapter parameters of the model the file has no value for
-    unexpected: list[str]  # file keys that found no parameter (PEFT would skip them silently)
-    differ: list[str]  # keys whose loaded value is not the file's
 
 
 @dataclass
@@ -133,63 +124,6 @@ def resolve_dtype(dtype: str, name_or_path: str) -> str:
     return DTYPE_NAMES.get(saved, "fp32") if isinstance(saved, torch.dtype) else "fp32"
 
 
-def load_vl_model(name_or_path: str | Path, dtype: str, device: str) -> PreTrainedModel:
-    """Always the vision-language class. Missing or unexpected keys stop here: a model loaded
-    with randomly initialised weights would export garbage that still 'verifies'."""
-    model, info = AutoModelForImageTextToText.from_pretrained(
-        str(name_or_path), dtype=DTYPES[dtype], attn_implementation="sdpa", output_loading_info=True
-    )
-    bad = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if bad:
-        detail = "; ".join(f"{len(v)} {k.replace('_', ' ')}: {', '.join(map(str, v[:5]))}" for k, v in bad.items())
-        raise ExportError(f"{name_or_path} does not load cleanly as {type(model).__name__}: {detail}")
-    return model.to(device).eval()
-
-
-def load_adapter(base_model: PreTrainedModel, adapter_dir: Path) -> tuple[torch.nn.Module, AdapterLoadReport]:
-    """PeftModel.from_pretrained with old-layout keys renamed, then a key-by-key check that the
-    file and the adapted model agree (PEFT itself ignores keys it cannot place)."""
-    from peft import PeftConfig, PeftModel, get_peft_model_state_dict
-    from peft.utils import load_peft_weights
-
-    config = PeftConfig.from_pretrained(str(adapter_dir))
-    config.target_modules = current_target_modules(config.target_modules)
-    for name in ("rank_pattern", "alpha_pattern"):
-        if hasattr(config, name):
-            setattr(config, name, current_pattern_dict(getattr(config, name)))
-    weights = load_peft_weights(str(adapter_dir), device="cpu")
-    try:
-        mapping = remap_keys(list(weights))
-    except ValueError as e:
-        raise ExportError(f"adapter {adapter_dir}: {e}") from e
-    try:
-        model = PeftModel.from_pretrained(base_model, str(adapter_dir), config=config, key_mapping=LEGACY_KEY_MAPPING)
-    except (RuntimeError, ValueError) as e:  # size mismatch = adapter trained on another base
-        raise ExportError(f"adapter {adapter_dir} does not fit the base model: {str(e)[:1500]}") from e
-    in_file = {mapping[k]: v for k, v in weights.items()}
-    loaded = get_peft_model_state_dict(model)
-    both = set(loaded) & set(in_file)
-    report = AdapterLoadReport(
-        renamed=sum(is_legacy_key(k) for k in weights),
-        missing=sorted(set(loaded) - set(in_file)),
-        unexpected=sorted(set(in_file) - set(loaded)),
-        differ=sorted(k for k in both if not torch.equal(loaded[k].cpu().float(), in_file[k].float())),
-    )
-    return model.eval(), report
-
-
-def check_adapter_load(report: AdapterLoadReport, adapter_dir: Path, base: str) -> None:
-    checks = {
-        "have no value in the file": report.missing,
-        "found no parameter in the base": report.unexpected,
-        "loaded with a different value": report.differ,
-    }
-    problems = [f"{len(keys)} adapter keys {what}: {', '.join(keys[:5])}" for what, keys in checks.items() if keys]
-    if problems:
-        why = "wrong --base, or a key layout this tool does not know"
-        raise ExportError(f"adapter {adapter_dir} does not match base {base} ({why}):\n  " + "\n  ".join(problems))
-
-
 def resolve_base(info: CheckpointInfo, base: str | None, notes: list[str]) -> str | None:
     if info.kind == "full":
         return base  # only needed as a processor source
@@ -211,11 +145,11 @@ def load_checkpoint(info: CheckpointInfo, base: str | None, dtype: str, device: 
     dtype = resolve_dtype(dtype, str(info.path) if info.kind == "full" else base)
     processor = _load_processor(info, base, notes)
     if info.kind == "full":
-        return Loaded(load_vl_model(info.path, dtype, device), processor, info, base, dtype, notes)
-    model, report = load_adapter(load_vl_model(base, dtype, device), info.path)
-    check_adapter_load(report, info.path, base)
-    if report.renamed:
-        notes.append(f"adapter keys: renamed {report.renamed} keys from the pre-4.52 layout (model.layers / visual)")
+        return Loaded(load_model(info.path, dtype, device).eval(), processor, info, base, dtype, notes)
+    model = load_model(base, dtype, device, adapter=info.path).eval()
+    renamed = legacy_keys(info.path)
+    if renamed:
+        notes.append(f"adapter keys: renamed {renamed} keys from the pre-4.52 layout (model.layers / visual)")
     if (info.path / "generation_config.json").is_file():  # the run's settings win over the base's
         model.get_base_model().generation_config = GenerationConfig.from_pretrained(str(info.path))
     return Loaded(model, processor, info, base, dtype, notes)
@@ -323,3 +257,58 @@ def verify_existing(opts: ExportOptions, log: Callable[[str], None] = print) -> 
 
 def _source(info: CheckpointInfo) -> str:
     return "base + adapter" if info.kind == "adapter" else "the checkpoint as loaded"
+
+
+# ----------------------------------------------------------------------------------------------
+# `mmgrpo merge`. Exit codes: 0 ok, 1 failed (unusable input or a failed verification; the message
+# says what differs), 2 bad arguments.
+
+DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
+
+
+def merge_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mmgrpo merge",
+        description="Export a training checkpoint (LoRA adapter or full weights) as a plain Hugging Face folder, "
+        "then verify it in a fresh process that does not import mmgrpo.",
+    )
+    ap.add_argument("--adapter", required=True, metavar="CKPT",
+                    help="checkpoint folder (LoRA or full weights), or a run folder (its latest checkpoint)")
+    ap.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
+    ap.add_argument("--base", metavar="MODEL", help="base model folder or hub id (default: from adapter_config.json)")
+    ap.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="export dtype (default: as saved)")
+    ap.add_argument("--adapter-only", action="store_true", help="write a clean PEFT adapter folder instead of merging")
+    ap.add_argument("--no-verify", dest="verify", action="store_false", help="skip the verification")
+    ap.add_argument("--verify-only", action="store_true", help="only verify an existing export in --out")
+    ap.add_argument("--device", default="cpu", help="device for loading, merging and verifying (default: cpu)")
+    ap.add_argument("--tolerance", type=float, help="max abs logits difference allowed (default: by dtype)")
+    ap.add_argument("--max-shard-size", default="5GB")
+    return ap
+
+
+def merge_main(argv: list[str]) -> int:
+    args = merge_parser().parse_args(argv)
+    opts = ExportOptions(
+        checkpoint=args.adapter, out=args.out, base=args.base, dtype=args.dtype, adapter_only=args.adapter_only,
+        verify=args.verify, device=args.device, tolerance=args.tolerance, max_shard_size=args.max_shard_size,
+    )
+    try:
+        result = verify_existing(opts) if args.verify_only else export_checkpoint(opts)
+    except (LoadError, OSError) as e:  # OSError: transformers cannot find or read a model / file
+        print(f"mmgrpo merge: {e}", file=sys.stderr)
+        return 1
+    return _report(result)
+
+
+def _report(result: ExportResult) -> int:
+    if result.report is None:
+        print(f"{result.out}: written, not verified (--no-verify)")
+        return 0
+    print(f"verification of {result.out}:\n{result.report.summary()}")
+    if result.report.ok:
+        libraries = "transformers + peft" if result.mode == "adapter" else "transformers"
+        print(f"OK: {result.out} loads and generates with plain {libraries}")
+        return 0
+    failures = "\n  ".join(result.report.messages)
+    print(f"mmgrpo merge: verification FAILED for {result.out}:\n  {failures}", file=sys.stderr)
+    return 1

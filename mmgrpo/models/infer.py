@@ -1,23 +1,29 @@
 """`mmgrpo infer`: one question about videos / images, answered greedily, for a quick look after
 training. Prompts go through the same `PromptEncoder` as training (frame sampling, pixel budget,
-chat template), so the model sees its questions the way it was trained on them."""
+chat template), so the model sees its questions the way it was trained on them; the answer comes
+from the model layer's one HF-generate wrapper (every decoding option explicit)."""
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from transformers import GenerationConfig
 
 from mmgrpo.config import VisionConfig
-from mmgrpo.models.export import ExportError, Loaded, inspect_checkpoint, load_checkpoint, load_vl_model, resolve_dtype
-from mmgrpo.models.loading import bad_words_ids, load_processor
+from mmgrpo.models.export import (
+    DTYPE_CHOICES, ExportError, Loaded, inspect_checkpoint, load_checkpoint, resolve_dtype,
+)
+from mmgrpo.models.generate import Sampling, generate_texts
+from mmgrpo.models.loading import LoadError, load_model, load_processor
+from mmgrpo.models.special import special_ids
 from mmgrpo.processors.encode import PromptEncoder
 from mmgrpo.processors.sample import Media, PromptInputs, Sample
 
 
-@dataclass
+@dataclass(frozen=True)
 class InferRequest:
     model: str | None  # model folder, hub id or checkpoint; None = the adapter's base
     media: list[tuple[Literal["image", "video"], str]]  # in prompt order
@@ -30,7 +36,7 @@ class InferRequest:
     vision: VisionConfig = field(default_factory=VisionConfig)
 
 
-def load_model(model: str | None, adapter: str | None, dtype: str, device: str) -> Loaded:
+def load_for_inference(model: str | None, adapter: str | None, dtype: str, device: str) -> Loaded:
     """Base + adapter, a checkpoint folder (adapter or full weights), or a plain folder / hub id."""
     if adapter is not None:
         info = inspect_checkpoint(adapter)
@@ -42,7 +48,7 @@ def load_model(model: str | None, adapter: str | None, dtype: str, device: str) 
     if Path(model).is_dir():
         return load_checkpoint(inspect_checkpoint(model), None, dtype, device)
     dtype = resolve_dtype(dtype, model)  # a hub id
-    return Loaded(load_vl_model(model, dtype, device), load_processor(model), None, None, dtype)
+    return Loaded(load_model(model, dtype, device).eval(), load_processor(model), None, None, dtype)
 
 
 def build_sample(req: InferRequest) -> Sample:
@@ -56,34 +62,11 @@ def build_sample(req: InferRequest) -> Sample:
 
 
 @torch.no_grad()
-def greedy_ids(model: torch.nn.Module, processor, prompt: PromptInputs, max_new_tokens: int) -> torch.Tensor:
-    """Completion token ids [C], plain greedy. Every option is explicit: the checkpoint's
-    generation_config.json may sample or penalise repetition (Qwen2.5-VL: repetition_penalty=1.05)."""
-    tok = processor.tokenizer
-    eos = getattr(model.generation_config, "eos_token_id", None) or tok.eos_token_id
-    config = GenerationConfig(
-        do_sample=False,
-        max_new_tokens=max_new_tokens,
-        repetition_penalty=1.0,
-        eos_token_id=eos,
-        pad_token_id=tok.pad_token_id,
-        bad_words_ids=bad_words_ids(processor),  # a sampled vision placeholder breaks the forward
-    )
-    device = next(model.parameters()).device
-    prompt = prompt.to(device)
-    out = model.generate(
-        input_ids=prompt.input_ids,
-        attention_mask=torch.ones_like(prompt.input_ids),
-        mm_token_type_ids=prompt.mm_token_type_ids,
-        generation_config=config,
-        **prompt.vision.as_kwargs(),
-    )
-    return out[0, prompt.length :]
-
-
 def greedy_answer(model: torch.nn.Module, processor, prompt: PromptInputs, max_new_tokens: int) -> str:
-    ids = greedy_ids(model, processor, prompt, max_new_tokens)
-    return processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    device = next(model.parameters()).device
+    out = generate_texts(model, processor.tokenizer, special_ids(model, processor.tokenizer), [prompt.to(device)],
+                         Sampling(max_new_tokens, temperature=0.0, top_p=1.0, top_k=0), num_samples=1, seed=None)
+    return out.texts[0].strip()
 
 
 def answer(req: InferRequest, log: Callable[[str], None] = print) -> str:
@@ -92,8 +75,59 @@ def answer(req: InferRequest, log: Callable[[str], None] = print) -> str:
     for _, path in req.media:
         if not Path(path).is_file():
             raise ExportError(f"{path}: no such file")
-    loaded = load_model(req.model, req.adapter, req.dtype, req.device)
+    loaded = load_for_inference(req.model, req.adapter, req.dtype, req.device)
     for note in loaded.notes:
         log(f"note: {note}")
     prompt = PromptEncoder(loaded.processor, req.vision).encode(build_sample(req))
     return greedy_answer(loaded.model, loaded.processor, prompt, req.max_new_tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# `mmgrpo infer`. Exit codes: 0 ok, 1 failed, 2 bad arguments.
+
+
+class _MediaAction(argparse.Action):
+    """--video / --image share one list, so their order on the command line is the prompt order."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        media = getattr(namespace, self.dest) or []
+        media.append((option_string.lstrip("-"), value))
+        setattr(namespace, self.dest, media)
+
+
+def infer_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mmgrpo infer", description="Answer one question about videos / images (greedy).")
+    ap.add_argument("--model", metavar="DIR_OR_ID",
+                    help="model folder, hub id or checkpoint (default: the adapter's base)")
+    ap.add_argument("--adapter", metavar="CKPT", help="LoRA checkpoint applied on --model")
+    ap.add_argument("--video", "--image", dest="media", action=_MediaAction, metavar="PATH", default=[],
+                    help="a video / image file; repeat for several, in prompt order")
+    ap.add_argument("--question", required=True)
+    ap.add_argument("--system", help="system prompt")
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
+    ap.add_argument("--device", default="cpu")
+    defaults = VisionConfig()
+    ap.add_argument("--fps", type=float, default=defaults.fps, help="frames sampled per second of video")
+    ap.add_argument("--nframes", type=int, default=defaults.nframes, help="frames per video (wins over --fps)")
+    ap.add_argument("--max-frames", type=int, default=defaults.max_frames)
+    ap.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="pixels per frame / image")
+    return ap
+
+
+def infer_main(argv: list[str]) -> int:
+    args = infer_parser().parse_args(argv)
+    defaults = VisionConfig()
+    vision = VisionConfig(fps=args.fps, nframes=args.nframes, max_frames=args.max_frames, max_pixels=args.max_pixels,
+                          min_frames=min(defaults.min_frames, args.max_frames),
+                          min_pixels=min(defaults.min_pixels, args.max_pixels))
+    req = InferRequest(
+        model=args.model, media=args.media, question=args.question, adapter=args.adapter, system_prompt=args.system,
+        max_new_tokens=args.max_new_tokens, dtype=args.dtype, device=args.device, vision=vision,
+    )
+    try:
+        print(answer(req, log=lambda note: print(note, file=sys.stderr)))
+    except (LoadError, ValueError, OSError) as e:  # ValueError: BadSampleError / MediaError from the encoder
+        print(f"mmgrpo infer: {e}", file=sys.stderr)
+        return 1
+    return 0

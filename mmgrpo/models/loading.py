@@ -1,25 +1,32 @@
-"""Load a Qwen2.5-VL-style model (hub id or local folder), add LoRA through PEFT, freeze the vision
-tower, and give access to the reference policy.
+"""The one model loader: a hub id or local folder through the vision-language class, optionally with
+a PEFT adapter, checked key by key. Training (policy, reference, init_from / resume_from), export,
+inference and evaluation all load through `load_model`, so a checkpoint can never be half-loaded
+silently anywhere.
 
-The same code path serves the tiny test model and real checkpoints; `trust_remote_code` stays off
-unless the config turns it on.
+What is checked, and why:
+- the base loads with zero missing, unexpected or mismatched keys: transformers would otherwise
+  initialise missing weights randomly and say little, and a model with random layers still
+  trains, exports and "verifies";
+- an adapter's keys from before transformers 4.52 are renamed (`keymap`), then every adapter key
+  of the file must have found its parameter with its value: PEFT silently skips keys it cannot
+  place (an old adapter with LoRA on the vision tower merged only partly).
+`trust_remote_code` stays off unless the config turns it on.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
-from mmgrpo.config import LoraConfig, ModelConfig
+from mmgrpo.models.keymap import LEGACY_KEY_MAPPING, current_pattern_dict, current_target_modules, is_legacy_key, remap_keys
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# Vision placeholder tokens: never sampled (ALGORITHMS.md §7), a sampled one breaks the next forward.
-VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+
+class LoadError(ValueError):
+    """A model or adapter that does not load cleanly; the message says what differs."""
 
 
 def load_processor(name_or_path: str, trust_remote_code: bool = False) -> ProcessorMixin:
@@ -28,114 +35,82 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Proces
     return processor
 
 
-def load_base_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> PreTrainedModel:
-    """The vision-language class (never the text-only one), in the configured dtype. Missing
-    weights are an error: transformers would otherwise initialise them randomly and say little."""
+def load_model(name_or_path: str | Path, dtype: str, device: str | torch.device, adapter: str | Path | None = None,
+               trainable: bool = False, attn_implementation: str = "sdpa",
+               trust_remote_code: bool = False) -> torch.nn.Module:
+    """The base model (always the vision-language class) in `dtype` on `device`, with the PEFT
+    adapter in `adapter` on top (trainable or frozen). Raises LoadError on any key that does not fit."""
     model, info = AutoModelForImageTextToText.from_pretrained(
-        cfg.name_or_path,
-        dtype=DTYPES[cfg.dtype],
-        trust_remote_code=cfg.trust_remote_code,
-        attn_implementation=cfg.attn_implementation,
-        output_loading_info=True,
+        str(name_or_path), dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code, output_loading_info=True,
     )
-    if info["missing_keys"]:
-        keys = sorted(info["missing_keys"])
-        raise ValueError(f"{cfg.name_or_path}: {len(keys)} weights missing from the checkpoint, e.g. {keys[:3]}")
-    return model.to(device)
+    bad = {k: sorted(map(str, v)) for k, v in info.items()
+           if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if bad:
+        detail = "; ".join(f"{len(v)} {k.replace('_', ' ')}: {', '.join(v[:5])}" for k, v in bad.items())
+        raise LoadError(f"{name_or_path} does not load cleanly as {type(model).__name__}: {detail}")
+    model = model.to(device)
+    if adapter is None:
+        return model
+    peft_model, report = _load_adapter(model, Path(adapter), trainable)
+    report.check(Path(adapter), str(name_or_path))
+    return peft_model
 
 
-def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
-    """The vision encoder of a (possibly PEFT-wrapped) Qwen2.5-VL model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model.visual
+@dataclass(frozen=True)
+class AdapterLoadReport:
+    renamed: int  # keys mapped from the pre-4.52 layout
+    missing: list[str]  # adapter parameters of the model the file has no value for
+    unexpected: list[str]  # file keys that found no parameter (PEFT would skip them silently)
+    differ: list[str]  # keys whose loaded value is not the file's
+
+    def check(self, adapter_dir: Path, base: str) -> None:
+        checks = {"have no value in the file": self.missing, "found no parameter in the base": self.unexpected,
+                  "loaded with a different value": self.differ}
+        problems = [f"{len(keys)} adapter keys {what}: {', '.join(keys[:5])}" for what, keys in checks.items() if keys]
+        if problems:
+            raise LoadError(f"adapter {adapter_dir} does not match base {base} (another base model, or a key "
+                            "layout this tool does not know):\n  " + "\n  ".join(problems))
 
 
-def freeze_vision(model: torch.nn.Module) -> None:
-    for p in vision_tower(model).parameters():
-        p.requires_grad_(False)
+def _load_adapter(base_model: PreTrainedModel, adapter_dir: Path,
+                  trainable: bool) -> tuple[torch.nn.Module, AdapterLoadReport]:
+    """PeftModel.from_pretrained with old-layout keys renamed, then a key-by-key comparison of the file
+    and the adapted model."""
+    from peft import PeftConfig, PeftModel, get_peft_model_state_dict
+    from peft.utils import load_peft_weights
 
-
-def lora_target_regex(modules: list[str], include_vision: bool) -> str:
-    """PEFT full-match regex. The vision tower's blocks share names (`gate_proj`, ...) with the
-    language model, so a plain list would put adapters on a frozen tower; exclude it by path."""
-    names = "|".join(sorted(set(modules)))
-    if include_vision:
-        return rf".*\.({names}|qkv|attn\.proj)$"
-    return rf"^(?!.*visual).*\.({names})$"
-
-
-def apply_lora(model: PreTrainedModel, cfg: LoraConfig, train_vision: bool) -> torch.nn.Module:
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
-    peft_cfg = PeftLoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=lora_target_regex(cfg.target_modules, include_vision=train_vision),
-        task_type="CAUSAL_LM",
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise LoadError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter folder)")
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    config.target_modules = current_target_modules(config.target_modules)
+    for name in ("rank_pattern", "alpha_pattern"):
+        if hasattr(config, name):
+            setattr(config, name, current_pattern_dict(getattr(config, name)))
+    weights = load_peft_weights(str(adapter_dir), device="cpu")
+    try:
+        mapping = remap_keys(list(weights))
+        model = PeftModel.from_pretrained(base_model, str(adapter_dir), config=config, is_trainable=trainable,
+                                          key_mapping=LEGACY_KEY_MAPPING)
+    except (RuntimeError, ValueError) as e:  # size mismatch = adapter trained on another base
+        raise LoadError(f"adapter {adapter_dir} does not fit the base model: {str(e)[:1500]}") from e
+    in_file = {mapping[k]: v for k, v in weights.items()}
+    loaded = get_peft_model_state_dict(model)
+    both = set(loaded) & set(in_file)
+    report = AdapterLoadReport(
+        renamed=sum(is_legacy_key(k) for k in weights),
+        missing=sorted(set(loaded) - set(in_file)),
+        unexpected=sorted(set(in_file) - set(loaded)),
+        differ=sorted(k for k in both if not torch.equal(loaded[k].cpu().float(), in_file[k].float())),
     )
-    return get_peft_model(model, peft_cfg)
+    return model, report
 
 
-def prepare_policy(
-    model_cfg: ModelConfig, lora_cfg: LoraConfig, device: str | torch.device = "cpu", model: PreTrainedModel | None = None
-) -> torch.nn.Module:
-    """Base model -> (LoRA) -> frozen vision tower -> gradient checkpointing, ready to train."""
-    model = model if model is not None else load_base_model(model_cfg, device)
-    if lora_cfg.enabled:
-        model = apply_lora(model, lora_cfg, train_vision=not model_cfg.freeze_vision)
-    if model_cfg.freeze_vision:
-        freeze_vision(model)
-    if model_cfg.dtype == "fp16":  # mixed precision: fp16 autocast + loss scaling over fp32 master weights
-        for p in trainable_parameters(model):
-            p.data = p.data.float()
-    if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if lora_cfg.enabled:
-            model.enable_input_require_grads()
-    model.config.use_cache = False
-    return model
+def legacy_keys(adapter_dir: str | Path) -> int:
+    """How many keys of an adapter file use the pre-4.52 layout (renamed on load)."""
+    from peft.utils import load_peft_weights
 
-
-@dataclass
-class Reference:
-    """The reference policy pi_ref. LoRA: the same module with adapters disabled (no second copy);
-    full fine-tuning: a frozen copy taken before training."""
-
-    policy: torch.nn.Module
-    frozen_copy: torch.nn.Module | None
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[torch.nn.Module]:
-        if self.frozen_copy is not None:
-            yield self.frozen_copy
-            return
-        with self.policy.disable_adapter():
-            yield self.policy
-
-
-def make_reference(policy: torch.nn.Module, beta: float) -> Reference | None:
-    """None when beta = 0: the reference forward is skipped entirely."""
-    if beta == 0:
-        return None
-    if hasattr(policy, "disable_adapter"):
-        return Reference(policy, None)
-    frozen = copy.deepcopy(policy).eval()
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    return Reference(policy, frozen)
-
-
-def bad_words_ids(processor: ProcessorMixin) -> list[list[int]]:
-    """Token ids generation must never produce (vision placeholders)."""
-    tok = processor.tokenizer
-    ids = [tok.convert_tokens_to_ids(t) for t in VISION_TOKENS]
-    return [[i] for i in ids if i is not None and i != tok.unk_token_id]
-
-
-def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+    return sum(is_legacy_key(k) for k in load_peft_weights(str(adapter_dir), device="cpu"))
 
 
 def save_processor_files(processor: ProcessorMixin, out_dir) -> None:

@@ -10,7 +10,6 @@ from mmgrpo.processors.encode import LoadedMedia, PromptEncoder, count_tokens, d
 from mmgrpo.processors.formats import LoadResult, load_samples, load_samples_from_config
 from mmgrpo.processors.image import load_image
 from mmgrpo.processors.sample import (
-    PROBLEM_TYPES,
     BadSampleError,
     Media,
     MediaError,
@@ -22,7 +21,7 @@ from mmgrpo.processors.sample import (
 from mmgrpo.processors.video import Frames, decode_video
 
 __all__ = [
-    "PROBLEM_TYPES", "BadSampleError", "Budget", "Frames", "LoadResult", "LoadedMedia", "Media", "MediaCache",
+    "BadSampleError", "Budget", "Frames", "LoadResult", "LoadedMedia", "Media", "MediaCache",
     "MediaError", "MediaOptions", "PromptEncoder", "PromptInputs", "Sample", "VisionInputs", "count_tokens",
     "decode_media", "decode_video", "load_image", "load_samples", "load_samples_from_config", "resolve_budget",
     "vision_tokens",

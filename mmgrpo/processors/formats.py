@@ -34,14 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmgrpo.config import DataConfig
-from mmgrpo.processors.fields import (
-    answer_text,
-    choice_letter,
-    infer_problem_type,
-    media_options,
-    normalize_options,
-    render_options,
-)
+from mmgrpo.answers import reference_answer, reference_letter
+from mmgrpo.processors.fields import media_options, normalize_options, problem_type, render_options
 from mmgrpo.processors.image import check_file
 from mmgrpo.processors.sample import BadSampleError, Media, MediaError, MediaOptions, Sample
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
@@ -348,16 +342,16 @@ def row_to_sample(row: _Row, fmt: str, system_prompt: str | None, prompt_suffix:
     messages, media, raw_answer = FORMATS[kind](row, media_options(row.data, row.ref))
     if not any(m["role"] == "user" for m in messages):
         raise row.bad("the prompt has no user message")
-    answer = answer_text(raw_answer)
+    answer = reference_answer(raw_answer)
     options = normalize_options(row.data.get("options"), row.ref)
     if options and answer is not None:
-        answer = choice_letter(answer, options)
+        answer = reference_letter(answer, options)
     return Sample(
         id=row.id,
         prompt=_finish_prompt(messages, system_prompt, prompt_suffix),
         media=media,
         answer=answer,
-        problem_type=infer_problem_type(row.data.get("problem_type"), answer, options, row.ref),
+        problem_type=problem_type(row.data.get("problem_type"), answer, options, row.ref),
         options=options,
         columns=dict(row.data),
         index=row.index,

@@ -7,9 +7,6 @@ from typing import Any, Literal
 
 import torch
 
-PROBLEM_TYPES = ("multiple_choice", "numeric", "exact", "free_text", "temporal_iou")
-
-
 class BadSampleError(ValueError):
     """A sample that cannot be used. The message names the sample (id / index, path) and the reason."""
 
@@ -57,7 +54,7 @@ class Sample:
     prompt: list[dict[str, Any]]
     media: list[Media]
     answer: str | None
-    problem_type: str  # one of PROBLEM_TYPES
+    problem_type: str  # one of mmgrpo.answers.PROBLEM_TYPES
     options: list[str] | None = None
     columns: dict[str, Any] = field(default_factory=dict)  # every dataset column, for reward functions
     index: int = -1  # row in its source file

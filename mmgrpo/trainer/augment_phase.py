@@ -1,4 +1,4 @@
-"""Difficulty-aware augmentation inside the training step (DeepVideo-R1 §3.3, ALGORITHMS.md §4).
+"""Difficulty-aware augmentation inside the training step (DeepVideo-R1 §3.3).
 
 For each group the scheduler compares its mean reward with the replay window: easy groups get a
 perturbed video (harder), hard groups a reasoning hint (easier). The augmented prompt is rolled out
@@ -11,26 +11,40 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch import Tensor
 
 from mmgrpo.augment import answer_shown_prompt, hint_prompt, make_hint, perturb
 from mmgrpo.augment.scheduler import Decision
 from mmgrpo.processors.sample import PromptInputs
 from mmgrpo.trainer import checkpoint as ckpt
-from mmgrpo.trainer.batch import Group
+from mmgrpo.trainer.phases import guarded, rollout_prompts, score, totals
+from mmgrpo.trainer.records import RolloutGroup
 from mmgrpo.trainer.setup import Run
 
 # Seed streams of augmentation work, offset from the prompt streams (global group index < 1e5).
 HARDER_STREAM, EASIER_STREAM, TRACE_STREAM = 100_000, 200_000, 300_000
 
 
-def augment_groups(run: Run, groups: list[Group]) -> list[Group]:
-    from mmgrpo.trainer.loop import guarded, rollout_prompts
+def difficulty_augment(run: Run, groups: tuple[RolloutGroup, ...],
+                       rewards: Tensor) -> tuple[tuple[RolloutGroup, ...], Tensor]:
+    """The step's groups and rewards [B, G, R] followed by the augmented groups and their rewards;
+    unchanged when augmentation is off."""
+    if run.augment is None or not groups:
+        return groups, rewards
+    extra = augmented_groups(run, groups, totals(run, rewards))
+    if not extra:
+        return groups, rewards
+    return groups + extra, torch.cat([rewards, score(run, extra)])  # [B + E, G, R]
 
+
+def augmented_groups(run: Run, groups: tuple[RolloutGroup, ...], total: Tensor) -> tuple[RolloutGroup, ...]:
+    """Decide per group (before the window moves), then roll out the harder and easier prompts."""
     sched, cfg = run.augment, run.cfg.augment
-    decisions = [sched.decide(g.sample_id, g.total_reward.nan_to_num(0.0).tolist()) for g in groups]
-    for g in groups:
-        record_traces(run, g.sample_id, g.texts, g.total_reward)
-    sched.observe([float(g.total_reward.nan_to_num(0.0).mean()) for g in groups])  # after all decisions
+    per_group = [t.nan_to_num(0.0) for t in total]  # B x [G]
+    decisions = [sched.decide(g.sample_id, t.tolist()) for g, t in zip(groups, per_group)]
+    for g, t in zip(groups, per_group):
+        record_traces(run, g.sample_id, g.texts, t)
+    sched.observe([float(t.mean()) for t in per_group])  # after all decisions
     made: list[tuple[PromptInputs, int, Decision]] = []
     for g, d in zip(groups, decisions):
         if len(made) >= cfg.max_extra_rollouts:
@@ -41,17 +55,15 @@ def augment_groups(run: Run, groups: list[Group]) -> list[Group]:
         prompt = guarded(run, maker, run, g, d, counter="skipped_augmentations")  # media may vanish mid-run
         if prompt is not None:
             made.append((prompt, (HARDER_STREAM if d.kind == "harder" else EASIER_STREAM) + g.stream, d))
-    extra = []
-    for kind in ("harder", "easier"):  # one batched rollout per kind (a Group records one kind)
+    extra: tuple[RolloutGroup, ...] = ()
+    for kind in ("harder", "easier"):  # one batched rollout per kind
         chosen = [(p, s, d) for p, s, d in made if d.kind == kind]
-        new = rollout_prompts(run, [p for p, _, _ in chosen], [s for _, s, _ in chosen], augmentation=kind)
-        for grp, (_, _, d) in zip(new, chosen):
-            grp.aug_strength = d.strength
-        extra += new
+        extra += rollout_prompts(run, [p for p, _, _ in chosen], [s for _, s, _ in chosen], kind,
+                                 [d.strength for _, _, d in chosen])
     return extra
 
 
-def harder_prompt(run: Run, g: Group, d: Decision) -> PromptInputs:
+def harder_prompt(run: Run, g: RolloutGroup, d: Decision) -> PromptInputs:
     """Perturb the decoded frames (noise / masking / ...) with strength growing with |dR|."""
     gen = torch.Generator().manual_seed(ckpt.step_seed(run.cfg.seed, run.state.step, HARDER_STREAM + g.stream))
     sample = g.prompt.sample
@@ -60,7 +72,7 @@ def harder_prompt(run: Run, g: Group, d: Decision) -> PromptInputs:
     return run.encoder.build(sample, changed).to(run.device)
 
 
-def easier_prompt(run: Run, g: Group, d: Decision) -> PromptInputs | None:
+def easier_prompt(run: Run, g: RolloutGroup, d: Decision) -> PromptInputs | None:
     """A partial reasoning trace as a hint; the trace comes from the best-rewarded completion seen
     for this sample, else from a rollout with the reference answer in view (§3.3)."""
     sample = g.prompt.sample
@@ -73,25 +85,24 @@ def easier_prompt(run: Run, g: Group, d: Decision) -> PromptInputs | None:
     return run.encoder.encode(hint_prompt(sample, hint)).to(run.device)
 
 
-def answer_shown_trace(run: Run, g: Group) -> str | None:
-    from mmgrpo.trainer.loop import rollout_prompts, score
-
+def answer_shown_trace(run: Run, g: RolloutGroup) -> str | None:
     sample = g.prompt.sample
     if not sample.answer:
         return None
     shown = run.encoder.encode(answer_shown_prompt(sample)).to(run.device)
-    probe = rollout_prompts(run, [shown], [TRACE_STREAM + g.stream])[0]
-    probe.prompt = dataclasses.replace(probe.prompt, sample=sample)  # scored against the original question
-    score(run, [probe])
-    weights = torch.tensor(run.cfg.reward.weights, dtype=probe.rewards.dtype)  # [R]
-    record_traces(run, sample.id, probe.texts, (probe.rewards.nan_to_num(0.0) * weights).sum(1))  # [G] weighted
+    probe = rollout_prompts(run, [shown], [TRACE_STREAM + g.stream], "none", [0.0])[0]
+    # scored against the original question
+    probe = dataclasses.replace(probe, prompt=dataclasses.replace(probe.prompt, sample=sample))
+    rewards = score(run, (probe,))[0]  # [G, R]
+    weights = torch.tensor(run.cfg.reward.weights, dtype=rewards.dtype)  # [R]
+    record_traces(run, sample.id, probe.texts, (rewards.nan_to_num(0.0) * weights).sum(1))  # [G] weighted
     return run.augment.best_trace(sample.id)
 
 
-def record_traces(run: Run, sample_id: str, texts: list[str], totals: torch.Tensor) -> None:
+def record_traces(run: Run, sample_id: str, texts: tuple[str, ...], totals_: Tensor) -> None:
     """Remember the sample's best completion as a future hint, on the same (weighted) reward scale
     for every source, and only completions reaching `augment.trace_min_reward` (a correct answer):
     a well-formatted wrong answer scores > 0 but must never be handed out as a hint."""
     floor = run.cfg.augment.trace_min_reward
-    kept = [float(r) if float(r) >= floor else 0.0 for r in totals.nan_to_num(0.0).tolist()]  # 0 = not recorded
-    run.augment.record(sample_id, texts, kept)
+    kept = [float(r) if float(r) >= floor else 0.0 for r in totals_.nan_to_num(0.0).tolist()]  # 0 = not recorded
+    run.augment.record(sample_id, list(texts), kept)

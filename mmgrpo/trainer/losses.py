@@ -237,7 +237,7 @@ def gspo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
 
 
 def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
-    """Reg-GRPO (DeepVideo-R1 arXiv 2506.07464 §3.2, App. A; ALGORITHMS.md §3).
+    """Reg-GRPO (DeepVideo-R1 arXiv 2506.07464 §3.2, App. A).
 
     rho_i = sum_t (logp - old_logp)   (token mean when cfg.reg_ratio == "mean", an ablation)
     z_i   = (rho_i - mean_g rho) / sqrt(var_g rho + reg_eps)
@@ -247,7 +247,7 @@ def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     gradient there is -(2/(G sqrt(eps))) sum_k A_k grad log pi(y_k). Groups with identical
     rewards have target 0 and an ill-posed regression: skipped and counted (pitfall 2); the
     divisor is `norm.groups`, the number of contributing groups in the whole step. The paper's
-    "- beta KL" is a sign typo: the KL is added to the minimised loss (ALGORITHMS.md §3).
+    "- beta KL" is a sign typo: the KL is added to the minimised loss (a KL to subtract would reward drifting away).
     """
     m = x.mask.to(x.logp.dtype)  # [B, G, T]
     log_ratio = _clean(x.logp, x.mask) - _clean(x.old_logp, x.mask).detach()  # [B, G, T]

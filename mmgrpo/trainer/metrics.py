@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from mmgrpo.trainer import distributed as dist
-from mmgrpo.trainer.batch import Group
+from mmgrpo.trainer.records import ScoredStep
 from mmgrpo.trainer.setup import Run
 
 
@@ -31,14 +31,17 @@ class GroupStats:
     aug_strength: float
 
     @classmethod
-    def of(cls, g: Group) -> "GroupStats":
-        return cls(g.stream, g.sample_id, g.rewards.cpu(), g.total_reward.cpu(), g.advantages.cpu(),
-                   g.completion_mask.sum(1).float().cpu(), g.truncated.cpu(), g.prompt.length, g.zero_std,
-                   g.augmentation, g.aug_strength)
+    def of(cls, step: ScoredStep, b: int) -> "GroupStats":
+        g = step.groups[b]
+        return cls(g.stream, g.sample_id, step.rewards[b].cpu(), step.total[b].cpu(), step.advantages[b].cpu(),
+                   g.completion_mask.sum(1).float().cpu(), g.truncated.cpu(), g.prompt.length,
+                   bool(step.zero_std[b]), g.augmentation, g.aug_strength)
 
 
-def gather_stats(run: Run, groups: list[Group]) -> list[GroupStats]:
-    stats = dist.gather_list(run.accelerator, [GroupStats.of(g) for g in groups])
+def gather_stats(run: Run, step: ScoredStep, augmented: bool) -> list[GroupStats]:
+    """Stats of the step's original groups (augmented=False) or of DA's copies, all processes."""
+    mine = [GroupStats.of(step, b) for b, g in enumerate(step.groups) if (g.augmentation != "none") == augmented]
+    stats = dist.gather_list(run.accelerator, mine)
     return stats if run.accelerator.num_processes == 1 else sorted(stats, key=lambda s: s.stream)
 
 
@@ -69,9 +72,11 @@ def zero_std_after(groups: list[GroupStats], extra: list[GroupStats]) -> float:
     return sum(g.zero_std for g in final) / max(1, len(final))
 
 
-def step_metrics(run: Run, groups: list[Group], extra: list[Group], stats: dict[str, float], seconds: float) -> dict:
-    """`stats` (from policy_update) are already global; everything else is gathered here."""
-    groups, extra = gather_stats(run, groups), gather_stats(run, extra)
+def step_metrics(run: Run, step: ScoredStep, stats: dict[str, float], timings: dict[str, float],
+                 seconds: float) -> dict:
+    """`stats` (from policy_update) are already global; everything else is gathered here. Phase
+    times are this process's (the main process logs them)."""
+    groups, extra = gather_stats(run, step, augmented=False), gather_stats(run, step, augmented=True)
     everything = groups + extra
     adv = torch.cat([g.advantages for g in everything]) if everything else torch.zeros(1)  # [N]
     lengths = torch.cat([g.lengths for g in everything]) if everything else torch.zeros(1)  # [N]
@@ -87,6 +92,7 @@ def step_metrics(run: Run, groups: list[Group], extra: list[Group], stats: dict[
         if everything else 0.0,
         "zero_std_frac": sum(g.zero_std for g in groups) / max(1, len(groups)),
         "step_time": seconds,
+        **{f"time/{k}": v for k, v in sorted(timings.items())},
         "tokens_per_s": tokens / max(seconds, 1e-9),  # all processes together
         "epoch": float(run.state.epoch),
     }

@@ -20,7 +20,7 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import Tensor
 
-from mmgrpo.answers import PROBLEM_TYPES, answer_text, parse_number, score_answer
+from mmgrpo.answers import PROBLEM_TYPES, infer_problem_type, score_answer
 
 RewardFn = Callable[..., list]
 
@@ -47,19 +47,12 @@ def _column(values: list | None, n: int) -> list:
     return [None] * n if values is None else list(values)
 
 
-def _infer_problem_type(answer: str, options: Any) -> str:
-    if options:
-        return "multiple_choice"
-    return "numeric" if parse_number(answer_text(str(answer))) is not None and re.fullmatch(
-        r"[\s$%\d.,eE+\-/]+", answer_text(str(answer))
-    ) else "exact"
-
-
 def accuracy(completions: list, answer: list | None = None, problem_type: list | None = None,
              options: list | None = None, numeric_tolerance: float = 1e-2, **kwargs: Any) -> list[float | None]:
     """Whole-answer accuracy by problem type (answers.score_answer). Columns: `answer` (ms-swift's
     `solution` is read when `answer` is absent), `problem_type` (inferred when absent: options ->
-    multiple_choice, a bare number -> numeric, else exact), `options`. No reference -> None."""
+    multiple_choice, ... as the dataset loaders do: answers.infer_problem_type), `options`. No
+    reference -> None."""
     n = len(completions)
     answers = _column(answer if answer is not None else kwargs.get("solution"), n)
     types, opts = _column(problem_type, n), _column(options, n)
@@ -68,7 +61,7 @@ def accuracy(completions: list, answer: list | None = None, problem_type: list |
         if ref is None:
             out.append(None)
             continue
-        ptype = ptype or _infer_problem_type(ref, opt)
+        ptype = ptype or infer_problem_type(str(ref), opt)
         if ptype not in PROBLEM_TYPES:
             raise ValueError(f"unknown problem_type {ptype!r}; known: {list(PROBLEM_TYPES)}")
         out.append(score_answer(completion_text(comp), str(ref), ptype, options=opt or None, tol=numeric_tolerance))

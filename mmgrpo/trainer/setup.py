@@ -14,18 +14,17 @@ from accelerate import Accelerator
 from transformers import ProcessorMixin
 
 from mmgrpo.config import LoraConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
-from mmgrpo.models.loading import (
-    Reference,
-    load_base_model,
-    load_processor,
-    make_reference,
-    prepare_policy,
-    trainable_parameters,
-)
+from mmgrpo.models.backends import RolloutBackend, make_backend
+from mmgrpo.models.generate import Sampling
+from mmgrpo.models.loading import load_model, load_processor
+from mmgrpo.models.lora import prepare_policy, trainable_parameters
+from mmgrpo.models.reference import Reference, frozen, make_reference
+from mmgrpo.models.special import SpecialIds, special_ids
 from mmgrpo.processors.sample import Sample
 from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.logger import MetricsLogger
+from mmgrpo.trainer.update import PolicyParts, UpdateSettings
 
 
 @dataclass
@@ -46,6 +45,8 @@ class Run:
     state: ckpt.TrainerState
     logger: MetricsLogger
     augment: Any | None  # mmgrpo.augment.DifficultyScheduler when cfg.augment.enabled
+    special: SpecialIds
+    backend: RolloutBackend
     prompt_cache: OrderedDict = field(default_factory=OrderedDict)  # sample id -> PromptInputs (LRU)
 
     @property
@@ -56,6 +57,14 @@ class Run:
     def policy(self) -> torch.nn.Module:
         """The unwrapped policy, for generation and saving."""
         return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def parts(self) -> PolicyParts:
+        return PolicyParts(self.accelerator, self.model, self.reference, self.optimizer, self.lr_scheduler)
+
+    @property
+    def update_settings(self) -> UpdateSettings:
+        return UpdateSettings.of(self.cfg, self.special.pad)
 
 
 def lr_lambda(optim: OptimConfig, max_steps: int):
@@ -77,17 +86,17 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path 
     """Policy from the base, or from a checkpoint (`init_from` / resume): a full-weights checkpoint is
     a model folder; an adapter checkpoint is loaded, trainable, onto the weights the run started from
     (`init_from` when that is a full-weights folder, e.g. a full SFT; else the base)."""
+    base, adapter = model_cfg.name_or_path, None
     if start_from is not None and ckpt.is_adapter_checkpoint(start_from):
-        from peft import PeftModel
-
-        base_cfg = model_cfg
+        adapter = start_from  # keeps training: no new LoRA on top
         if init_from is not None and not ckpt.is_adapter_checkpoint(init_from):
-            base_cfg = dataclasses.replace(model_cfg, name_or_path=str(init_from))
-        model = PeftModel.from_pretrained(load_base_model(base_cfg, device), str(start_from), is_trainable=True)
-        return prepare_policy(model_cfg, dataclasses.replace(lora_cfg, enabled=False), device, model=model)
-    if start_from is not None:
-        model_cfg = dataclasses.replace(model_cfg, name_or_path=str(start_from))
-    return prepare_policy(model_cfg, lora_cfg, device)
+            base = str(init_from)
+        lora_cfg = dataclasses.replace(lora_cfg, enabled=False)
+    elif start_from is not None:
+        base = str(start_from)
+    model = load_model(base, model_cfg.dtype, device, adapter=adapter, trainable=adapter is not None,
+                       attn_implementation=model_cfg.attn_implementation, trust_remote_code=model_cfg.trust_remote_code)
+    return prepare_policy(model, model_cfg, lora_cfg)
 
 
 def run_init(cfg: TrainConfig, resume: Path | None) -> Path | None:
@@ -107,7 +116,7 @@ def reference_policy(cfg: TrainConfig, model: torch.nn.Module, resume: Path | No
         return make_reference(model, cfg.loss.beta)
     init = run_init(cfg, resume)
     start = build_policy(cfg.model, cfg.lora, init, device, init_from=init)
-    return Reference(model, start.eval().requires_grad_(False))
+    return Reference(model, frozen(start))
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig, max_steps: int):
@@ -198,8 +207,11 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
     rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error)
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process)
+    special = special_ids(model, processor.tokenizer)
+    backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
+                           Sampling.of(cfg.generation), cfg.forward_mode)
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
-               samples, eval_samples, state, logger, augment)
+               samples, eval_samples, state, logger, augment, special, backend)
 
 
 def save(run: Run) -> Path:

@@ -14,8 +14,9 @@ from mmgrpo.models.loading import load_processor
 from mmgrpo.processors.sample import PromptInputs, Sample
 from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer.logger import MetricsLogger
-from mmgrpo.trainer.logprobs import group_logprobs
-from mmgrpo.trainer.loop import epoch_order
+from mmgrpo.models.logprobs import batch_logprobs
+from mmgrpo.models.special import special_ids
+from mmgrpo.trainer.phases import epoch_order
 from mmgrpo.trainer.setup import build_optimizer, build_policy
 
 
@@ -27,16 +28,15 @@ def target_ids(processor, sample: Sample, template: str) -> torch.Tensor:
     return torch.tensor([processor.tokenizer(text, add_special_tokens=False)["input_ids"]])  # [1, C]
 
 
-def sft_loss(model: torch.nn.Module, batch: list[tuple[PromptInputs, torch.Tensor]]) -> tuple[torch.Tensor, int]:
-    """Mean token negative log-likelihood over the batch's target tokens. Each example goes through
-    the same log-prob forward the RL trainer uses (a group of one), so both see identical inputs."""
-    total, count = 0.0, 0
-    for prompt, ids in batch:  # ids: [1, C]
-        mask = torch.ones_like(ids)  # [1, C]
-        logp = group_logprobs(model, prompt, ids, mask, mode="repeat")  # [1, C]
-        total = total - logp.sum()
-        count += int(mask.sum())
-    return total / max(count, 1), count
+def sft_loss(model: torch.nn.Module, batch: list[tuple[PromptInputs, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, int]:
+    """Mean token negative log-likelihood over the batch's target tokens, the whole batch in one
+    forward of the log-prob function the RL trainer uses (each example a group of one), so both see
+    identical inputs."""
+    prompts, ids = [p for p, _ in batch], [t for _, t in batch]  # B x [1, C_b]
+    masks = [torch.ones_like(t) for t in ids]  # B x [1, C_b]
+    logp = batch_logprobs(model, prompts, ids, masks, "repeat", 1.0, pad_id)  # B x [1, C_b]
+    count = sum(int(m.sum()) for m in masks)
+    return -sum(lp.sum() for lp in logp) / max(count, 1), count
 
 
 def sft(cfg: SFTConfig) -> Path:
@@ -54,12 +54,13 @@ def sft(cfg: SFTConfig) -> Path:
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
     logger = MetricsLogger(cfg.output_dir, ["jsonl"], to_dict(cfg), enabled=acc.is_main_process)
     state = ckpt.TrainerState(config=to_dict(cfg), kind="sft")
+    pad_id = special_ids(model, processor.tokenizer).pad
     model.train()
     for step in tqdm(range(cfg.max_steps), disable=not cfg.progress_bar, desc="sft"):
         batch = []
         for s in next_batch(state, samples, cfg.batch_size, cfg.seed, cfg.data.shuffle):
             batch.append((encoder.encode(s).to(acc.device), target_ids(processor, s, cfg.target_template).to(acc.device)))
-        loss, tokens = sft_loss(model, batch)
+        loss, tokens = sft_loss(model, batch, pad_id)
         acc.backward(loss)
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         optimizer.step()

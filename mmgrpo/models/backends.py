@@ -1,0 +1,62 @@
+"""Rollout backends: who samples the G completions of each prompt. The trainer holds one backend
+and calls `generate` once per step (and per augmentation round) and `sync` after every optimizer
+step; it never knows which backend it has. A backend is an entry of `BACKENDS`, chosen by
+`generation.backend`.
+
+Seeds: each group comes with its own integer seed, (seed, step, group) mixed by the trainer, so a
+group's completions depend neither on the rest of the batch nor on which process samples it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+
+from mmgrpo.models.generate import Rollout, Sampling, generate_groups
+from mmgrpo.models.special import SpecialIds
+from mmgrpo.processors.sample import PromptInputs
+
+
+class RolloutBackend(Protocol):
+    def generate(self, policy: torch.nn.Module, prompts: list[PromptInputs], seeds: list[int]) -> list[Rollout]:
+        """G completions per prompt, group b sampled from `seeds[b]`, under the current weights."""
+
+    def sync(self, policy: torch.nn.Module) -> None:
+        """The policy's weights changed (an optimizer step): make the next `generate` use them."""
+
+
+@dataclass(frozen=True)
+class HFBackend:
+    """Our own batched sampler on the training model itself (models.generate.generate_groups): the
+    weights are the policy's, so `sync` has nothing to do."""
+
+    tokenizer: object
+    special: SpecialIds
+    num_generations: int
+    sampling: Sampling
+    mode: str  # "shared" | "repeat"
+
+    def generate(self, policy: torch.nn.Module, prompts: list[PromptInputs], seeds: list[int]) -> list[Rollout]:
+        device = prompts[0].input_ids.device if prompts else torch.device("cpu")
+        generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+        was_training = policy.training
+        policy.eval()  # no dropout while sampling
+        try:
+            return generate_groups(policy, self.tokenizer, self.special, prompts, self.num_generations,
+                                   self.sampling, generators, self.mode)
+        finally:
+            policy.train(was_training)
+
+    def sync(self, policy: torch.nn.Module) -> None:
+        return None
+
+
+BACKENDS: dict[str, Callable[..., RolloutBackend]] = {"hf": HFBackend}
+
+
+def make_backend(name: str, tokenizer, special: SpecialIds, num_generations: int, sampling: Sampling,
+                 mode: str) -> RolloutBackend:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown generation.backend {name!r}; known: {sorted(BACKENDS)}")
+    return BACKENDS[name](tokenizer, special, num_generations, sampling, mode)

@@ -1,0 +1,59 @@
+"""A loaded model made ready to train: LoRA through PEFT (language model only by default), the
+vision tower frozen, fp16 master weights, gradient checkpointing."""
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from mmgrpo.config import LoraConfig, ModelConfig
+from mmgrpo.models.unwrap import vision_tower
+
+
+def freeze_vision(model: torch.nn.Module) -> None:
+    for p in vision_tower(model).parameters():
+        p.requires_grad_(False)
+
+
+def lora_target_regex(modules: tuple[str, ...], include_vision: bool) -> str:
+    """PEFT full-match regex. The vision tower's blocks share names (`gate_proj`, ...) with the
+    language model, so a plain list would put adapters on a frozen tower; exclude it by path."""
+    names = "|".join(sorted(set(modules)))
+    if include_vision:
+        return rf".*\.({names}|qkv|attn\.proj)$"
+    return rf"^(?!.*visual).*\.({names})$"
+
+
+def apply_lora(model: PreTrainedModel, cfg: LoraConfig, train_vision: bool) -> torch.nn.Module:
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_cfg = PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=lora_target_regex(cfg.target_modules, include_vision=train_vision),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)
+
+
+def prepare_policy(model: torch.nn.Module, model_cfg: ModelConfig, lora_cfg: LoraConfig) -> torch.nn.Module:
+    """Loaded model -> (new LoRA when lora_cfg.enabled) -> frozen vision tower -> gradient
+    checkpointing, ready to train. A model that already carries a (trainable) adapter keeps it."""
+    if lora_cfg.enabled:
+        model = apply_lora(model, lora_cfg, train_vision=not model_cfg.freeze_vision)
+    if model_cfg.freeze_vision:
+        freeze_vision(model)
+    if model_cfg.dtype == "fp16":  # mixed precision: fp16 autocast + loss scaling over fp32 master weights
+        for p in trainable_parameters(model):
+            p.data = p.data.float()
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "peft_config"):
+            model.enable_input_require_grads()
+    model.config.use_cache = False
+    return model
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

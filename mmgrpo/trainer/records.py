@@ -1,0 +1,65 @@
+"""The step's data: frozen records, each returned by the phase that makes it and never changed.
+
+    rollout     -> RolloutGroup per prompt       (a prompt and its G completions)
+    score       -> rewards [B, G, R]             (one column per reward function)
+    augment     -> more RolloutGroups + rewards  (DA's harder / easier copies)
+    advantages  -> ScoredStep                    (rewards, totals, advantages, zero-std flags, once)
+    update      -> statistics
+
+Keeping the prompt once per group (not repeated G times) is what lets the rollout and the training
+forward encode each prompt once, and lets a distributed run keep groups whole on one process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmgrpo.processors.sample import PromptInputs
+
+
+@dataclass(frozen=True)
+class RolloutGroup:
+    prompt: PromptInputs  # the prompt, batch dim 1, with its vision inputs
+    completion_ids: Tensor  # [G, C] long, right-padded
+    completion_mask: Tensor  # [G, C] 1 on completion tokens up to and including EOS
+    truncated: Tensor  # [G] bool, no EOS within max_new_tokens
+    texts: tuple[str, ...]  # G decoded completions
+    stream: int  # seed stream: the group's index in the step's global batch (+ an offset for DA copies)
+    augmentation: str  # "none" | "harder" | "easier": where this group came from (DeepVideo-R1 §3.3)
+    aug_strength: float  # strength of that augmentation, 0 for originals
+
+    @property
+    def size(self) -> int:
+        return int(self.completion_ids.shape[0])
+
+    @property
+    def sample_id(self) -> str:
+        return self.prompt.sample.id
+
+
+@dataclass(frozen=True)
+class ScoredStep:
+    """Everything the update needs of a step, computed once over the final batch (originals and DA
+    copies): with several processes the advantage statistics are the global batch's, the tensors
+    hold this process's groups."""
+
+    groups: tuple[RolloutGroup, ...]  # B local groups: the step's prompts, then DA copies
+    rewards: Tensor  # [B, G, R] per reward function, NaN = not applicable
+    total: Tensor  # [B, G] combined reward (weighted sum, None entries at the group mean)
+    advantages: Tensor  # [B, G] no grad
+    zero_std: Tensor  # [B] bool, all G rewards equal: no learning signal
+
+    @property
+    def originals(self) -> tuple[RolloutGroup, ...]:
+        return tuple(g for g in self.groups if g.augmentation == "none")
+
+
+def pad_stack(rows: list[Tensor], length: int, value: float) -> Tensor:
+    """[G, C_b] tensors of different C_b -> [B, G, length], padded on the right with `value`."""
+    out = []
+    for r in rows:  # r: [G, C_b]
+        pad = torch.full((r.shape[0], length - r.shape[1]), value, dtype=r.dtype, device=r.device)  # [G, L-C_b]
+        out.append(torch.cat([r, pad], dim=1))  # [G, L]
+    return torch.stack(out)  # [B, G, L]
