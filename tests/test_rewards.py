@@ -304,3 +304,33 @@ def test_calls_keep_the_global_rng_order_and_the_callers_grad_mode():
     want = [draw_py(["a", "b"]), draw_np(["a", "b"]), draw_py(["a", "b"]), [0.0, 0.0]]
     assert got.T.tolist() == want
 
+
+HANGS_IN_TRAINER = """
+import threading
+
+RELEASE = threading.Event()
+
+def hangs(completions, **columns):
+    RELEASE.wait(20)
+    return [1.0] * len(completions)
+"""
+
+
+def test_trainer_counts_timed_out_rewards(tiny_dir, tmp_path):
+    """reward.timeout_s reaches the trainer's runner; on_error=zero counts every timed-out value."""
+    from mmgrpo.trainer.loop import train
+    from mmgrpo.trainer.setup import setup
+    from tests.trainer_utils import reward_file, small_task, tiny_train_config
+
+    lengths, hangs = reward_file(tmp_path), tmp_path / "hangs.py"
+    hangs.write_text(HANGS_IN_TRAINER)
+    cfg = tiny_train_config(tiny_dir, small_task(tmp_path / "task"), tmp_path / "run", lengths,
+                            f"reward.functions=[{lengths}:length_reward, {hangs}:hangs]", "reward.weights=[1.0, 1.0]",
+                            "reward.on_error=zero", "reward.timeout_s=0.3", "max_steps=1", "lora.enabled=false")
+    run = setup(cfg)
+    try:
+        train(cfg, run)
+    finally:
+        run.rewards.functions[1].__globals__["RELEASE"].set()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["count/reward_errors"] == 2 * 4  # prompts_per_step x num_generations, the hung function's values

@@ -196,7 +196,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
         # loading, the resumed checkpoint's totals) is counted once, by the main process
         state.counters = {k: 0 for k in state.counters}
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
-    rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error)
+    rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error,
+                           timeout_s=cfg.reward.timeout_s)
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process)
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
                samples, eval_samples, state, logger, augment)
