@@ -6,10 +6,16 @@ import math
 import pytest
 import torch
 
-from mmgrpo.trainer.advantages import combine_rewards, compute_advantages, group_advantages
+from mmgrpo.trainer.advantages import MAX_ABS_REWARD, combine_rewards, compute_advantages, group_advantages
 
 NAN = float("nan")
 EPS = 1e-4
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """The advantage math is float64 whatever the input dtype (see advantages.py)."""
+    assert actual.dtype == torch.float64, actual.dtype
+    torch.testing.assert_close(actual, expected.double())
 
 
 def test_group_scale_hand_computed():
@@ -17,7 +23,7 @@ def test_group_scale_hand_computed():
     adv, zero_std = group_advantages(total, "group", EPS)
     # group 0: mean 0.5, population std 0.5 -> (R - 0.5) / 0.5001 ; group 1: all equal -> 0
     a = 0.5 / (0.5 + EPS)
-    torch.testing.assert_close(adv, torch.tensor([[a, -a, -a, a], [0.0, 0.0, 0.0, 0.0]]))
+    _close(adv, torch.tensor([[a, -a, -a, a], [0.0, 0.0, 0.0, 0.0]]))
     assert zero_std.tolist() == [False, True]
     assert not adv.requires_grad
 
@@ -28,7 +34,7 @@ def test_batch_scale_hand_computed():
     # centred per group: [0.5, -0.5], [0, 0]; batch std of [1, 0, 1, 1]: mean 0.75,
     # var = (3 * 0.0625 + 0.5625) / 4 = 0.1875 -> std 0.4330127
     s = math.sqrt(0.1875) + EPS
-    torch.testing.assert_close(adv, torch.tensor([[0.5 / s, -0.5 / s], [0.0, 0.0]]))
+    _close(adv, torch.tensor([[0.5 / s, -0.5 / s], [0.0, 0.0]]))
     assert zero_std.tolist() == [False, True]
 
 
@@ -36,12 +42,12 @@ def test_batch_scale_hand_computed():
 def test_dr_grpo_no_std(scale, std_normalize):
     total = torch.tensor([[3.0, 1.0, 2.0]])
     adv, _ = group_advantages(total, scale, EPS, std_normalize=std_normalize)
-    torch.testing.assert_close(adv, torch.tensor([[1.0, -1.0, 0.0]]))  # R - mean(= 2)
+    _close(adv, torch.tensor([[1.0, -1.0, 0.0]]))  # R - mean(= 2)
 
 
 def test_no_center():
     adv, _ = group_advantages(torch.tensor([[3.0, 1.0]]), "none", EPS, center=False)
-    torch.testing.assert_close(adv, torch.tensor([[3.0, 1.0]]))
+    _close(adv, torch.tensor([[3.0, 1.0]]))
 
 
 def test_none_left_out_of_the_samples_baseline():
@@ -50,19 +56,19 @@ def test_none_left_out_of_the_samples_baseline():
     total, scorable = combine_rewards(rewards, [1.0, 0.5], "sum_then_normalize")
     # format's group mean over applicable entries = 0.5, filled in for completion 1:
     # totals = [1 + 0.5, 0 + 0.5 * 0.5, 1 + 0] = [1.5, 0.25, 1.0]
-    torch.testing.assert_close(total, torch.tensor([[1.5, 0.25, 1.0]]))
+    _close(total, torch.tensor([[1.5, 0.25, 1.0]]))
     assert scorable.all()
     adv, _ = group_advantages(total, "none", EPS, scorable=scorable)
     # completion 1's advantage is its accuracy term only: 1 * (0 - 2/3); format says nothing about it
     # completion 0: (1 - 2/3) + 0.5 * (1 - 0.5) = 0.58333 ; completion 2: (1 - 2/3) + 0.5 * (0 - 0.5) = 0.08333
-    torch.testing.assert_close(adv, torch.tensor([[1 / 3 + 0.25, -2 / 3, 1 / 3 - 0.25]]))
+    _close(adv, torch.tensor([[1 / 3 + 0.25, -2 / 3, 1 / 3 - 0.25]]))
 
 
 def test_unscorable_completion_gets_zero_and_stays_out_of_the_baseline():
     rewards = torch.tensor([[[1.0], [0.0], [NAN]]])
     res = compute_advantages(rewards, [1.0], "sum_then_normalize", "group", EPS)
     a = 0.5 / (0.5 + EPS)  # mean and std over the two scorable completions: 0.5, 0.5
-    torch.testing.assert_close(res.advantages, torch.tensor([[a, -a, 0.0]]))
+    _close(res.advantages, torch.tensor([[a, -a, 0.0]]))
     assert res.scorable.tolist() == [[True, True, False]]
     all_none = compute_advantages(torch.full((1, 3, 2), NAN), [1.0, 1.0], "sum_then_normalize", "group", EPS)
     assert all_none.advantages.abs().max().item() == 0.0 and all_none.zero_std.tolist() == [True]
@@ -75,10 +81,11 @@ def test_gdpo_normalize_then_sum_hand_computed():
     # r1: mean 0.25, std sqrt(0.1875) = 0.4330 -> z1 = [0.75, -0.25, -0.25, -0.25] / (0.4330 + eps)
     # r2: mean 0.5, std 0.5 -> z2 = [0.5, 0.5, -0.5, -0.5] / (0.5 + eps)
     s1, s2 = math.sqrt(0.1875) + EPS, 0.5 + EPS
-    z = torch.tensor([0.75 / s1 + 0.5 / s2, -0.25 / s1 + 0.5 / s2, -0.25 / s1 - 0.5 / s2, -0.25 / s1 - 0.5 / s2])
+    z = torch.tensor([0.75 / s1 + 0.5 / s2, -0.25 / s1 + 0.5 / s2, -0.25 / s1 - 0.5 / s2, -0.25 / s1 - 0.5 / s2],
+                     dtype=torch.float64)
     # then over the batch: mean 0 (each z is centred), population std
     expected = (z - z.mean()) / (z.std(unbiased=False) + EPS)
-    torch.testing.assert_close(res.advantages[0], expected)
+    _close(res.advantages[0], expected)
     # sum_then_normalize sees totals [2, 1, 0, 0] and gives different relative weights
     plain = compute_advantages(rewards, [1.0, 1.0], "sum_then_normalize", "group", EPS).advantages[0]
     assert not torch.allclose(plain, res.advantages[0], atol=1e-3)
@@ -116,3 +123,31 @@ def test_bad_weights_and_modes():
         combine_rewards(torch.zeros(1, 2, 1), [1.0], "mean")
     with pytest.raises(ValueError, match="scale"):
         group_advantages(torch.tensor([[1.0, 0.0]]), "global", EPS)
+
+
+@pytest.mark.parametrize("combine, scale", [("sum_then_normalize", "group"), ("sum_then_normalize", "batch"),
+                                            ("normalize_then_sum", "group")])
+def test_huge_finite_rewards_are_scale_invariant(combine, scale):
+    # 1e38 fits float32 (max 3.4e38) but its square does not: a float32 std is inf and every
+    # advantage silently becomes 0. Without eps, (R - mean) / std is invariant under R -> cR;
+    # eps is made negligible on both sides (GDPO's batch step would not scale it) to compare exactly.
+    small = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, NAN], [1.0, 1.0]],
+                          [[0.0, 1.0], [0.5, 0.0], [1.0, 1.0], [0.0, 0.0]]])  # [B=2, G=4, R=2]
+    big = (small * 1e38).float()  # [2, 4, 2] what a float32 reward tensor would hold
+    got = compute_advantages(big, [1.0, 0.5], combine, scale, 1e-60)
+    want = compute_advantages(small.double(), [1.0, 0.5], combine, scale, 1e-60)
+    _close(got.advantages, want.advantages)
+    assert got.advantages.abs().max().item() > 0.5 and got.zero_std.tolist() == want.zero_std.tolist()
+
+
+def test_unrepresentable_reward_is_refused_naming_the_group():
+    # the variance squares deviations: past MAX_ABS_REWARD (1e100) float64 could overflow
+    rewards = torch.zeros(2, 3, 1, dtype=torch.float64)
+    rewards[1, 2, 0] = 1e101
+    with pytest.raises(ValueError, match=r"reward .* group 1 \(completion 2\).*1e\+101.*1e\+100"):
+        compute_advantages(rewards, [1.0], "sum_then_normalize", "group", EPS)
+    rewards[1, 2, 0] = MAX_ABS_REWARD  # the bound itself is fine...
+    assert compute_advantages(rewards, [1.0], "sum_then_normalize", "group", EPS).advantages[1, 2] > 1.0
+    # ...but huge weights can still push the combined reward past what its variance can hold
+    with pytest.raises(ValueError, match=r"combined reward .* group 1 \(completion 2\)"):
+        compute_advantages(rewards, [1e60], "sum_then_normalize", "group", EPS)

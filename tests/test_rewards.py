@@ -1,12 +1,21 @@
 """Built-in rewards, hacking cases, None handling, user files, the runner's error reporting."""
 from __future__ import annotations
 
+import json
 import math
+import os
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from mmgrpo.trainer.rewards import REWARDS, RewardError, RewardRunner, accuracy, format_reward, load_reward, overlong
+from mmgrpo.trainer.rewards import (MAX_HUNG_CALLS, REWARDS, RewardError, RewardRunner, accuracy, format_reward,
+                                    load_reward, overlong)
 
 
 def test_accuracy_by_problem_type():
@@ -114,7 +123,8 @@ def test_runner_values_with_none_and_extras():
     runner = RewardRunner(["format", only_long, "overlong"], [1.0, 0.5, 1.0])
     res = runner(["<answer>B</answer>", "B"], {"answer": ["B", "B"]}, ["s0", "s1"],
                  completion_lengths=[3, 10], max_completion_length=10, overlong_buffer=4)
-    expected = torch.tensor([[1.0, 1.0, 0.0], [0.0, math.nan, -1.0]])  # length 10 = Lmax -> (6 - 10) / 4 = -1
+    # length 10 = Lmax -> (6 - 10) / 4 = -1
+    expected = torch.tensor([[1.0, 1.0, 0.0], [0.0, math.nan, -1.0]], dtype=torch.float64)
     torch.testing.assert_close(res.values, expected, equal_nan=True)
     assert res.errors == 0 and res.names == ["format", "only_long", "overlong"]
     torch.testing.assert_close(runner.weights, torch.tensor([1.0, 0.5, 1.0]))
@@ -135,7 +145,7 @@ def test_runner_names_function_and_sample_on_raise():
 def test_runner_on_error_zero_counts():
     runner = RewardRunner([_fails_on_bad, "format"], [1.0, 1.0], on_error="zero")
     res = runner(["ok", "bad", "bad"], {}, ["a", "b", "c"])
-    torch.testing.assert_close(res.values[:, 0], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(res.values[:, 0], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
     assert res.errors == 2
 
 
@@ -165,3 +175,162 @@ def test_runner_checks_lengths():
         runner(["a", "b"], {"answer": ["x"]}, ["1", "2"])
     with pytest.raises(ValueError, match="weights"):
         RewardRunner(["format"], [1.0, 2.0])
+
+
+def test_runner_values_are_float64_and_unrepresentable_ones_are_refused():
+    # float32 would turn 1e39 into inf; past 1e100 the advantage variance could overflow float64
+    def huge(completions, **kw):
+        return [1e39, 1e101]
+
+    with pytest.raises(RewardError, match=r"'huge' on sample 'y'.*1e\+101.*1e\+100"):
+        RewardRunner([huge], [1.0])(["a", "b"], {}, ["x", "y"])
+    res = RewardRunner([huge], [1.0], on_error="zero")(["a", "b"], {}, ["x", "y"])
+    assert res.values.dtype == torch.float64 and res.values[:, 0].tolist() == [1e39, 0.0] and res.errors == 1
+
+
+class Hang:
+    """A reward function that blocks until released (the test releases it: no thread is leaked)."""
+
+    def __init__(self, on=lambda completions: True):
+        self.on, self.calls, self.release = on, [], threading.Event()
+        self.__name__ = "hang"
+
+    def __call__(self, completions, **kw):
+        self.calls.append(list(completions))
+        if self.on(completions):
+            self.release.wait(30)
+        return [1.0] * len(completions)
+
+
+@pytest.fixture
+def hang():
+    fns = []
+    yield lambda **kw: fns.append(Hang(**kw)) or fns[-1]
+    for fn in fns:
+        fn.release.set()
+
+
+def test_timeout_raises_naming_function_and_samples_without_per_sample_retries(hang):
+    fn = hang()
+    with pytest.raises(RewardError, match=r"'hang'.*did not return within 0.2 s.*'s0', 's1'"):
+        RewardRunner([fn], [1.0], timeout_s=0.2)(["a", "b"], {}, ["s0", "s1"])
+    assert len(fn.calls) == 1  # a timeout fails the whole call at once: G retries would cost G x timeout
+    # a group: G completions of one question share its id, the error names it once
+    with pytest.raises(RewardError, match=r"'hang' on sample 'q7': did not return within 0.2 s"):
+        RewardRunner([fn], [1.0], timeout_s=0.2)(["a", "b"], {}, ["q7", "q7"])
+
+
+def test_timeout_with_on_error_zero_scores_and_counts(hang):
+    fn = hang()
+    res = RewardRunner([fn, "format"], [1.0, 1.0], on_error="zero", timeout_s=0.2)(
+        ["<answer>x</answer>", "y", "z"], {}, ["a", "b", "c"])
+    assert res.values.tolist() == [[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]] and res.errors == 3
+    assert len(fn.calls) == 1
+
+
+def test_per_sample_retries_have_the_timeout_too(hang):
+    # raises on the batch (so it is retried per sample), hangs on 'b' alone
+    def raises_then_hangs(completions):
+        if len(completions) > 1:
+            raise KeyError("batch")
+        return completions == ["b"]
+
+    fn = hang(on=raises_then_hangs)
+    with pytest.raises(RewardError, match=r"'hang' on sample 'id-b': did not return within 0.2 s"):
+        RewardRunner([fn], [1.0], timeout_s=0.2)(["a", "b", "c"], {}, ["id-a", "id-b", "id-c"])
+    fn.calls.clear()
+    res = RewardRunner([fn], [1.0], on_error="zero", timeout_s=0.2)(["a", "b", "c"], {}, ["id-a", "id-b", "id-c"])
+    # 'c' is not retried after 'b' hung: the hung call may hold what every later call needs
+    assert res.values[:, 0].tolist() == [1.0, 0.0, 0.0] and res.errors == 2
+    assert fn.calls == [["a", "b", "c"], ["a"], ["b"]]
+    with pytest.raises(ValueError, match="timeout_s"):
+        RewardRunner(["format"], [1.0], timeout_s=0)
+
+
+def test_a_function_with_many_hung_calls_is_not_called_again(hang):
+    # each timed-out call leaks a thread and costs a timeout: past MAX_HUNG_CALLS still running,
+    # the function's samples fail at once, counted, until one of its calls returns
+    fn = hang()
+    runner = RewardRunner([fn], [1.0], on_error="zero", timeout_s=0.05)
+    errors = [runner(["a"], {}, [f"s{i}"]).errors for i in range(MAX_HUNG_CALLS + 2)]
+    assert errors == [1] * (MAX_HUNG_CALLS + 2) and len(fn.calls) == MAX_HUNG_CALLS
+    runner.on_error = "raise"
+    with pytest.raises(RewardError, match=r"'hang' on sample 'x': not called: 8 earlier calls did not return"):
+        runner(["a"], {}, ["x"])
+    fn.on = lambda completions: False
+    fn.release.set()  # once they return, it is called again
+    for t in runner.hung[0]:
+        t.join(5)
+    assert runner(["a"], {}, ["y"]).values.tolist() == [[1.0]] and len(fn.calls) == MAX_HUNG_CALLS + 1
+
+
+HUNG_AT_EXIT = """
+import threading, time
+from mmgrpo.trainer.rewards import RewardRunner
+
+def stuck(completions, **kw):
+    threading.Event().wait()  # forever
+    return [1.0] * len(completions)
+
+res = RewardRunner([stuck], [1.0], on_error="zero", timeout_s=0.2)(["a"], {}, ["s0"])
+print("errors", res.errors, flush=True)
+"""
+
+
+def test_a_hung_reward_does_not_block_interpreter_exit():
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", HUNG_AT_EXIT], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["errors", "1"]
+
+
+def test_calls_keep_the_global_rng_order_and_the_callers_grad_mode():
+    # the trainer seeds `random` and NumPy per step for user functions: the runner must call them
+    # one after the other, in order, like plain calls in the loop would
+    def draw_py(completions, **kw):
+        return [random.random() for _ in completions]
+
+    def draw_np(completions, **kw):
+        return [float(np.random.rand()) for _ in completions]
+
+    def grad_mode(completions, **kw):
+        return [float(torch.is_grad_enabled()) for _ in completions]
+
+    runner = RewardRunner([draw_py, draw_np, draw_py, grad_mode], [1.0] * 4)
+    random.seed(3), np.random.seed(3)
+    with torch.no_grad():
+        got = runner(["a", "b"], {}, ["x", "y"]).values  # [2, 4]
+    random.seed(3), np.random.seed(3)
+    want = [draw_py(["a", "b"]), draw_np(["a", "b"]), draw_py(["a", "b"]), [0.0, 0.0]]
+    assert got.T.tolist() == want
+
+
+HANGS_IN_TRAINER = """
+import threading
+
+RELEASE = threading.Event()
+
+def hangs(completions, **columns):
+    RELEASE.wait(20)
+    return [1.0] * len(completions)
+"""
+
+
+def test_trainer_counts_timed_out_rewards(tiny_dir, tmp_path):
+    """reward.timeout_s reaches the trainer's runner; on_error=zero counts every timed-out value."""
+    from mmgrpo.trainer.loop import train
+    from mmgrpo.trainer.setup import setup
+    from tests.trainer_utils import reward_file, small_task, tiny_train_config
+
+    lengths, hangs = reward_file(tmp_path), tmp_path / "hangs.py"
+    hangs.write_text(HANGS_IN_TRAINER)
+    cfg = tiny_train_config(tiny_dir, small_task(tmp_path / "task"), tmp_path / "run", lengths,
+                            f"reward.functions=[{lengths}:length_reward, {hangs}:hangs]", "reward.weights=[1.0, 1.0]",
+                            "reward.on_error=zero", "reward.timeout_s=0.3", "max_steps=1", "lora.enabled=false")
+    run = setup(cfg)
+    try:
+        train(cfg, run)
+    finally:
+        run.rewards.functions[1].__globals__["RELEASE"].set()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["count/reward_errors"] == 2 * 4  # prompts_per_step x num_generations, the hung function's values

@@ -9,9 +9,14 @@ Standard deviations are population (1/G) ones, for the advantage and for Reg-GRP
 the log-ratios alike: Reg-GRPO (DeepVideo-R1 §3.2) regresses one z-score onto the other, and
 its optimum is only representable when both use the same definition. TRL uses Bessel's
 (1/(G-1)) std, which scales every advantage by sqrt((G-1)/G) (0.935 for G = 8) and nothing else.
+
+All the math is float64, whatever dtype the rewards come in: a float32 variance overflows for
+rewards of about 1e19 and beyond (1e38 is a valid float32, its square is not), which makes the
+std inf and silently zeroes every advantage. The loss casts the advantages to its own dtype.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -26,23 +31,35 @@ Scale = Literal["group", "batch", "none"]
 # rounding only.
 _EQUAL_RTOL = 1e-6
 
+# The largest |reward| accepted. The variance squares deviations of the combined reward, which
+# are up to 2 * sum_k |w_k| * max |r|, and sums G of them: float64 holds 1.8e308, so deviations
+# must stay well under 1e154. 1e100 leaves 50 orders of magnitude for weights, R and G, and no
+# meaningful reward comes near it; the reward runner refuses larger values naming the sample.
+MAX_ABS_REWARD = 1e100
+# The same bound for the combined reward (weights included): (2 * 1e150)^2 * G < 1.8e308 for
+# any G below 4e7.
+_MAX_ABS_TOTAL = 1e150
+
 
 @dataclass
 class Advantages:
-    advantages: Tensor  # [B, G] float, no grad
+    advantages: Tensor  # [B, G] float64, no grad
     zero_std: Tensor  # [B] bool, groups whose totals are all equal (no learning signal)
-    total: Tensor  # [B, G] combined reward the advantages were computed from (NaN = unscorable)
+    total: Tensor  # [B, G] float64 combined reward the advantages were computed from (NaN = unscorable)
     scorable: Tensor  # [B, G] bool, completions with at least one applicable reward
 
 
-def _check_finite(x: Tensor, allowed_nan: Tensor, what: str) -> None:
-    """ValueError naming the first group (and completion) holding an inf, or a NaN not allowed."""
-    bad = torch.isinf(x) | (torch.isnan(x) & ~allowed_nan)  # same shape as x
+def _check_representable(x: Tensor, allowed_nan: Tensor, what: str, bound: float) -> None:
+    """ValueError naming the first group (and completion) holding an inf, a NaN not allowed, or a
+    magnitude over `bound` (its square would overflow the variance, see MAX_ABS_REWARD)."""
+    bad = (x.abs() > bound) | (torch.isnan(x) & ~allowed_nan)  # same shape as x (inf > bound)
     if bool(bad.any()):
         idx = [int(i) for i in bad.nonzero()[0]]
+        value = float(x[tuple(idx)])
+        why = "not finite" if not math.isfinite(value) else f"beyond +-{bound:g}, too large for its variance"
         raise ValueError(
-            f"{what} is not finite at group {idx[0]} (completion {idx[1]}): {float(x[tuple(idx)])}; "
-            "a reward must be a finite number or None"
+            f"{what} at group {idx[0]} (completion {idx[1]}) is {value:g}: {why}; "
+            f"a reward must be a finite number of magnitude <= {MAX_ABS_REWARD:g}, or None"
         )
 
 
@@ -86,11 +103,12 @@ def combine_rewards(
     """
     if rewards.dim() != 3:
         raise ValueError(f"rewards must be [B, G, R], got shape {tuple(rewards.shape)}")
-    w = torch.as_tensor(weights, dtype=rewards.dtype, device=rewards.device)  # [R]
+    rewards = rewards.to(torch.float64)  # [B, G, R] (see the module docstring)
+    w = torch.as_tensor(weights, dtype=torch.float64, device=rewards.device)  # [R]
     if w.shape != rewards.shape[2:] or not bool(torch.isfinite(w).all()):
         raise ValueError(f"weights must be {rewards.shape[2]} finite numbers, got {w.tolist()}")
     none = torch.isnan(rewards)  # [B, G, R]
-    _check_finite(rewards, none, "reward")
+    _check_representable(rewards, none, "reward", MAX_ABS_REWARD)
     scorable = ~none.all(-1)  # [B, G]
     mean_k = _nan_mean(rewards, 1)  # [B, 1, R] per-function group mean over applicable entries
     if mode == "sum_then_normalize":
@@ -104,6 +122,7 @@ def combine_rewards(
         per_fn = torch.where(none, torch.zeros_like(centred), centred)  # [B, G, R]
         summed = (per_fn * w).sum(-1)  # [B, G]
         summed = torch.where(scorable, summed, torch.full_like(summed, float("nan")))  # [B, G]
+        _check_representable(summed, ~scorable, "combined reward", _MAX_ABS_TOTAL)  # huge weights
         batch_mean = _nan_mean(summed.reshape(1, -1), 1)  # [1, 1] (0 up to rounding: groups are centred)
         out = summed - batch_mean  # [B, G]
         if std_normalize:
@@ -113,7 +132,7 @@ def combine_rewards(
 
 
 def group_advantages(
-    total: Tensor,  # [B, G] float
+    total: Tensor,  # [B, G] float (computed in float64)
     scale: Scale,
     eps: float,
     center: bool = True,
@@ -131,8 +150,9 @@ def group_advantages(
     """
     if total.dim() != 2:
         raise ValueError(f"total must be [B, G], got shape {tuple(total.shape)}")
+    total = total.to(torch.float64)  # [B, G] (see the module docstring)
     ok_nan = torch.zeros_like(total, dtype=torch.bool) if scorable is None else ~scorable  # [B, G]
-    _check_finite(total, ok_nan, "combined reward")
+    _check_representable(total, ok_nan, "combined reward", _MAX_ABS_TOTAL)
     valid = ~torch.isnan(total)  # [B, G]
     hi = torch.where(valid, total, torch.full_like(total, -float("inf"))).amax(1)  # [B]
     lo = torch.where(valid, total, torch.full_like(total, float("inf"))).amin(1)  # [B]

@@ -6,13 +6,24 @@ one entry per completion; dataset columns arrive as keyword lists of the same le
 function should accept `**kwargs`: the runner passes every column and the global extras.
 Completions are strings; TRL's conversational form `[{"role": "assistant", "content": ...}]` is
 accepted too.
+
+Each call runs in its own daemon thread and is waited for at most `timeout_s` (a reward function
+that never returns would otherwise stall the run forever). Python cannot kill a thread, so a call
+that times out is left running; being a daemon, nothing waits for it at interpreter exit. Calls
+still happen one at a time in a fixed order, so functions drawing from Python's `random` or
+NumPy's global RNG (seeded per step by the trainer) draw the same numbers as plain calls would;
+only a hung call that later wakes up can still draw from them. The limit: a call stuck inside C
+code that holds the GIL (catastrophic regex backtracking in `re`) blocks the waiting thread too,
+so it is noticed only when it returns; no in-process timeout can stop that, only a subprocess can.
 """
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import math
 import numbers
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
@@ -21,8 +32,16 @@ import torch
 from torch import Tensor
 
 from mmgrpo.answers import PROBLEM_TYPES, infer_problem_type, score_answer
+from mmgrpo.config import RewardConfig
+from mmgrpo.trainer.advantages import MAX_ABS_REWARD
 
 RewardFn = Callable[..., list]
+
+# A function with this many timed-out calls still running is not called again until one of them
+# returns: its samples fail at once. This bounds the threads a stuck function leaks, and the time
+# it costs (otherwise one timeout per group, every step), and it stops piling calls onto a
+# function whose earlier calls may hold what the next needs.
+MAX_HUNG_CALLS = 8
 
 
 def completion_text(completion: Any) -> str:
@@ -147,9 +166,54 @@ class RewardError(RuntimeError):
 
 @dataclass
 class RewardResult:
-    values: Tensor  # [N, R] float32, NaN where a function returned None
+    values: Tensor  # [N, R] float64 (the advantage math's dtype), NaN where a function returned None
     errors: int  # (function, sample) pairs that failed and were scored 0 (on_error="zero")
     names: list[str]  # [R] function names, for logging
+
+
+class _TimedOut(Exception):
+    """A call did not return within the runner's timeout (internal: never a user function's error)."""
+
+    def __init__(self, message: str, thread: threading.Thread | None = None):
+        super().__init__(message)
+        self.thread = thread  # the hung call, left running; None when the call was not made
+
+
+def _call_in_thread(fn: RewardFn, kwargs: dict, timeout_s: float, name: str) -> Any:
+    """`fn(**kwargs)` in a daemon thread, waited for at most `timeout_s`; raises what fn raised, or
+    _TimedOut, leaving the thread behind (a plain Thread, not concurrent.futures: its workers are
+    joined at interpreter exit). The thread gets what the caller's thread has and a new one would
+    not: its contextvars, grad mode and current CUDA device (a reward model on "cuda" must land
+    on this process's GPU, not on GPU 0)."""
+    box: dict[str, Any] = {}
+    context = contextvars.copy_context()
+    grad = torch.is_grad_enabled()
+    device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+
+    def target() -> None:
+        try:
+            if device is not None:
+                torch.cuda.set_device(device)
+            with torch.set_grad_enabled(grad):
+                box["out"] = context.run(fn, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed over to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=target, name=f"mmgrpo-reward-{name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise _TimedOut(f"did not return within {timeout_s:g} s", worker)
+    if "error" in box:
+        raise box["error"]
+    return box["out"]
+
+
+def _who(ids: list[str]) -> tuple[str | None, str]:
+    """The sample an error names, and a suffix listing the samples when there are several (the G
+    completions of a group share their question's id: named once)."""
+    unique = list(dict.fromkeys(ids))
+    return (unique[0], "") if len(unique) == 1 else (None, f" (samples {unique})")
 
 
 def _number(value: Any) -> float | None:
@@ -164,13 +228,27 @@ def _number(value: Any) -> float | None:
     return None
 
 
+def _value(raw: Any) -> float | str:
+    """A returned value as a float (NaN for None), or why it is refused."""
+    if raw is _FAILED:
+        return "failed"  # raised or timed out, under on_error="zero" (counted, never reported)
+    number = _number(raw)
+    if number is None:
+        return f"returned {raw!r}, not a finite number or None"
+    if abs(number) > MAX_ABS_REWARD:  # False for NaN (None)
+        return f"returned {raw!r}, beyond +-{MAX_ABS_REWARD:g}: the advantages' variance would overflow"
+    return number
+
+
 class RewardRunner:
     """Calls every reward function on a batch of completions and checks what they return.
 
     A function that raises is retried one completion at a time to find the culprit sample; the
     failure then raises `RewardError` (on_error="raise") or scores 0 and is counted (on_error="zero").
-    NaN, inf and non-numbers are failures of that sample too; a wrong number of values is a broken
-    contract and always raises.
+    A call that does not return within `timeout_s` (module docstring) is a failure of all its
+    samples at once: retrying it per sample would cost G timeouts. NaN, inf, |value| >
+    MAX_ABS_REWARD and non-numbers are failures of that sample too; a wrong number of values is a
+    broken contract and always raises.
 
     `columns` are per-completion lists (dataset columns, `completion_lengths`, ...), sliced when a
     function is retried per sample; an `extra` keyword holding a list of length N is treated as
@@ -179,58 +257,86 @@ class RewardRunner:
     """
 
     def __init__(self, functions: Sequence[str | RewardFn], weights: Sequence[float],
-                 on_error: Literal["raise", "zero"] = "raise"):
+                 on_error: Literal["raise", "zero"] = "raise", timeout_s: float = RewardConfig.timeout_s):
         if len(functions) != len(weights):
             raise ValueError(f"{len(weights)} reward weights for {len(functions)} reward functions")
         if on_error not in ("raise", "zero"):
             raise ValueError(f"on_error must be 'raise' or 'zero', got {on_error!r}")
+        if not (isinstance(timeout_s, numbers.Real) and math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be a positive finite number of seconds, got {timeout_s!r}")
         self.functions = [load_reward(f) for f in functions]
         builtin = {id(fn): name for name, fn in REWARDS.items()}
         self.names = [
             f if isinstance(f, str) else builtin.get(id(f), getattr(f, "__name__", repr(f))) for f in functions
         ]
         self.weights = torch.tensor([float(w) for w in weights])  # [R]
-        self.on_error = on_error
+        self.on_error, self.timeout_s = on_error, float(timeout_s)
+        self.hung: list[list[threading.Thread]] = [[] for _ in self.functions]  # [R] timed-out calls
 
     def _fail(self, name: str, sample_id: str, message: str) -> float:
         if self.on_error == "raise":
             raise RewardError(name, sample_id, message)
         return 0.0
 
-    def _call(self, fn: RewardFn, name: str, completions: list, columns: dict, ids: list[str], extra: dict) -> list:
-        out = fn(completions=completions, **columns, **extra)
+    def _call(self, r: int, completions: list, columns: dict, ids: list[str], extra: dict) -> list:
+        kwargs = dict(completions=completions, **columns, **extra)  # a clash raises here, as a call would
+        hung = self.hung[r] = [t for t in self.hung[r] if t.is_alive()]
+        if len(hung) >= MAX_HUNG_CALLS:
+            raise _TimedOut(f"not called: {len(hung)} earlier calls did not return within {self.timeout_s:g} s "
+                            "and are still running")
+        try:
+            out = _call_in_thread(self.functions[r], kwargs, self.timeout_s, self.names[r])
+        except _TimedOut as e:
+            hung.append(e.thread)
+            raise
         if not isinstance(out, (list, tuple)) or len(out) != len(completions):
             got = len(out) if isinstance(out, (list, tuple)) else type(out).__name__
-            raise RewardError(name, ids[0] if len(ids) == 1 else None,
-                              f"returned {got} values for {len(completions)} completions (samples {ids})")
+            sample, listed = _who(ids)
+            message = f"returned {got} values for {len(completions)} completions{listed}"
+            raise RewardError(self.names[r], sample, message)
         return list(out)
+
+    def _retry_each(self, r: int, completions: list, columns: dict, ids: list[str], extra: dict) -> list:
+        """After the call on all samples raised: one call per sample, to name the culprit(s). A retry
+        that times out also fails the samples not retried yet: the hung call may hold what every
+        later call needs (a lock, a server), and each of them could cost another timeout."""
+        name, raw = self.names[r], []
+        for i, sid in enumerate(ids):
+            one = {k: v[i : i + 1] for k, v in columns.items()}
+            try:
+                raw.append(self._call(r, completions[i : i + 1], one, [sid], extra)[0])
+            except RewardError:
+                raise
+            except _TimedOut as e:
+                if self.on_error == "raise":
+                    raise RewardError(name, sid, str(e)) from None
+                return raw + [_FAILED] * (len(ids) - i)
+            except Exception as e:  # noqa: BLE001 - reported with the sample id
+                if self.on_error == "raise":
+                    raise RewardError(name, sid, f"raised {type(e).__name__}: {e}") from e
+                raw.append(_FAILED)
+        return raw
 
     def _run_one(
         self, r: int, completions: list, columns: dict, ids: list[str], extra: dict
     ) -> tuple[list[float], int]:
-        fn, name = self.functions[r], self.names[r]
+        name = self.names[r]
         try:
-            raw = self._call(fn, name, completions, columns, ids, extra)
+            raw = self._call(r, completions, columns, ids, extra)
         except RewardError:
             raise
+        except _TimedOut as e:  # all its samples fail at once (see the class docstring)
+            if self.on_error == "raise":
+                sample, listed = _who(ids)
+                raise RewardError(name, sample, f"{e}{listed}") from None
+            raw = [_FAILED] * len(ids)
         except Exception:  # find the sample(s) it fails on
-            raw = []
-            for i, sid in enumerate(ids):
-                one = {k: v[i : i + 1] for k, v in columns.items()}
-                try:
-                    raw.append(self._call(fn, name, completions[i : i + 1], one, [sid], extra)[0])
-                except RewardError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - reported with the sample id
-                    if self.on_error == "raise":
-                        raise RewardError(name, sid, f"raised {type(e).__name__}: {e}") from e
-                    raw.append(_FAILED)
+            raw = self._retry_each(r, completions, columns, ids, extra)
         values, errors = [], 0
         for value, sid in zip(raw, ids):
-            number = None if value is _FAILED else _number(value)
-            if number is None:
-                reason = "raised" if value is _FAILED else f"returned {value!r}, not a finite number or None"
-                number, errors = self._fail(name, sid, reason), errors + 1
+            number = _value(value)
+            if isinstance(number, str):
+                number, errors = self._fail(name, sid, number), errors + 1
             values.append(number)
         return values, errors
 
@@ -251,8 +357,8 @@ class RewardRunner:
             values, errs = self._run_one(r, list(completions), dict(columns), [str(s) for s in sample_ids], extra)
             per_fn.append(values)
             errors += errs
-        values_t = torch.tensor(per_fn, dtype=torch.float32).T.reshape(n, len(self.functions))  # [N, R]
+        values_t = torch.tensor(per_fn, dtype=torch.float64).T.reshape(n, len(self.functions))  # [N, R]
         return RewardResult(values=values_t, errors=errors, names=list(self.names))
 
 
-_FAILED = object()  # marks a (function, sample) that raised under on_error="zero"
+_FAILED = object()  # marks a (function, sample) that raised or timed out under on_error="zero"

@@ -205,7 +205,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
         # loading, the resumed checkpoint's totals) is counted once, by the main process
         state.counters = {k: 0 for k in state.counters}
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
-    rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error)
+    rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error,
+                           timeout_s=cfg.reward.timeout_s)
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process)
     special = special_ids(model, processor.tokenizer)
     backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
