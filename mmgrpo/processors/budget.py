@@ -125,6 +125,8 @@ def shrink_to_fit(
         need = sum(vision_tokens(t, h, w) for (t, _, _), (h, w) in zip(shapes, sizes))
         if need <= available:
             return sizes
+        if need == 0:  # no vision tokens to give up (no media): the text alone is over the limit
+            return None
         scale = max(available, 0) / need
         new = [resize_to(h, w, lo, int(h * w * scale)) for (h, w), lo in zip(sizes, min_pixels)]
         if new == sizes:
