@@ -58,3 +58,59 @@ def test_text_alone_over_the_limit_is_too_long(tiny, tmp_path, pic, with_image):
 def test_shrink_to_fit_with_nothing_to_shrink():
     assert shrink_to_fit([], [], -5) is None  # the text alone is over: no vision to give up
     assert shrink_to_fit([], [], 0) == []
+
+
+# -- 2. bytes that are not UTF-8 ----------------------------------------------------------------
+
+
+def test_a_non_utf8_line_is_one_bad_row(tmp_path):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps({"id": "ok", "question": "q", "answer": "a"}).encode()
+    bad = b'{"id": "bad", "question": "caf\xe9", "answer": "a"}'  # latin-1 e-acute
+    path.write_bytes(b"\n".join([good, bad, b"", good.replace(b'"ok"', b'"ok2"')]) + b"\n")
+    result = load_samples(path, on_bad_sample="skip")
+    assert [s.id for s in result.samples] == ["ok", "ok2"]
+    (error,) = result.skipped
+    assert error.kind == "bad_encoding"
+    assert "row 1" in str(error) and "line 2" in str(error) and "0xe9" in str(error)
+    position = bad.index(b"\xe9")
+    assert f"position {position} of the line" in str(error)
+    with pytest.raises(BadSampleError, match=r"row 1 in .*d\.jsonl.*not valid UTF-8"):
+        load_samples(path)
+
+
+def test_a_non_utf8_json_file_names_the_file_and_position(tmp_path):
+    path = tmp_path / "d.json"
+    data = b'[{"question": "q", "answer": "a"},\n {"question": "\xff"}]'
+    path.write_bytes(data)
+    offset = data.index(b"\xff")
+    with pytest.raises(ValueError, match=rf"d\.json: not valid UTF-8: byte 0xff at offset {offset} \(line 2\b"):
+        load_samples(path)
+    path.write_text('[{"question": "q",}]')
+    with pytest.raises(ValueError, match=r"d\.json: not valid JSON"):
+        load_samples(path)
+
+
+# -- 3. lone surrogates -------------------------------------------------------------------------
+
+
+SURROGATE_ROWS = [
+    ('{"id": "s1", "question": "why \\ud800?", "answer": "a"}', "column 'question'"),
+    ('{"id": "s2", "question": "q", "answer": "\\udfff"}', "column 'answer'"),
+    ('{"id": "s3", "prompt": [{"role": "user", "content": [{"type": "text", "text": "x\\ud83d"}]}]}',
+     "column 'prompt'[0]['content'][0]['text']"),
+    ('{"id": "s4", "question": "q", "answer": "a", "meta": {"\\ud800": 1}}', "column 'meta' (a key)"),
+]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json"])
+@pytest.mark.parametrize("line, where", SURROGATE_ROWS, ids=[r[1] for r in SURROGATE_ROWS])
+def test_lone_surrogates_are_found_at_load(tmp_path, kind, line, where):
+    good = '{"id": "ok", "question": "caf\\u00e9 \\ud83d\\ude00", "answer": "a"}'  # a valid pair is fine
+    path = tmp_path / f"d.{kind}"
+    path.write_text("\n".join([good, line]) if kind == "jsonl" else f"[{good}, {line}]")
+    result = load_samples(path, on_bad_sample="skip")
+    assert [s.id for s in result.samples] == ["ok"] and result.samples[0].question_text() == "café 😀"
+    (error,) = result.skipped
+    assert error.kind == "bad_encoding" and where in str(error) and "row 1" in str(error)
+    str(error).encode("utf-8")  # the message itself can be logged

@@ -23,7 +23,6 @@ A JSON file may also be a {task: [rows]} mapping. Relative media paths resolve a
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 
 from mmgrpo.processors.fields import normalize_options
 from mmgrpo.processors.formats import _Row, read_rows, row_to_sample
+from mmgrpo.processors.reading import read_json
 from mmgrpo.processors.sample import BadSampleError, Sample
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
 
@@ -154,7 +154,7 @@ def read_bench_rows(path: str) -> tuple[list[Any], str, str]:
     """`formats.read_rows`, plus JSON files that map task -> list of rows."""
     p = Path(path)
     if p.suffix.lower() == ".json" and p.is_file():
-        data = json.loads(p.read_text())
+        data = read_json(p)
         if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
             rows = [{"task": task, **r} if isinstance(r, dict) and not _first(r, TASK_KEYS) else r
                     for task, part in data.items() for r in part]

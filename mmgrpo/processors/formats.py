@@ -22,10 +22,12 @@ those, from content items. Media are file paths (relative ones resolve against t
 folder; a datasets folder is its own base, an in-memory Dataset uses the cwd) or, for images,
 the embedded bytes of a datasets `Image` column. `DataConfig.system_prompt` is added when a row has no system message of
 its own; `prompt_suffix` goes on a new line after the last user text.
+
+Text faults are per-row errors too (`reading`): a JSONL line that is not UTF-8, or a string that
+UTF-8 cannot hold (a lone surrogate), is a bad row of kind `bad_encoding` naming the line / column.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -43,6 +45,7 @@ from mmgrpo.processors.fields import (
     render_options,
 )
 from mmgrpo.processors.image import check_file
+from mmgrpo.processors.reading import UnreadableRow, read_json, read_jsonl, unencodable
 from mmgrpo.processors.sample import BadSampleError, Media, MediaError, MediaOptions, Sample
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
 
@@ -103,9 +106,9 @@ def read_rows(source: Any, split: str | None = None) -> tuple[list[Any], str, st
     base = str(path.parent.resolve())
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return [_json_line(line) for line in path.read_text().splitlines() if line.strip()], str(path), base
+        return read_jsonl(path), str(path), base
     if suffix == ".json":
-        rows = json.loads(path.read_text())
+        rows = read_json(path)
         if not isinstance(rows, list):
             raise ValueError(f"{path}: a JSON dataset must be a list of rows, got {type(rows).__name__}")
         return rows, str(path), base
@@ -120,13 +123,6 @@ def _raw_rows(ds: Any) -> list[dict]:
     """Rows as stored: an `Image` column stays {"bytes", "path"} instead of being decoded into PIL
     images for the whole dataset up front (each image is decoded when its sample is encoded)."""
     return ds.with_format("arrow")[0 : len(ds)].to_pylist()
-
-
-def _json_line(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        return e  # reported as a bad row, so on_bad_sample="skip" can skip it
 
 
 # -- media columns ------------------------------------------------------------------------------
@@ -333,10 +329,14 @@ def _finish_prompt(messages: list[dict], system_prompt: str | None, prompt_suffi
 
 
 def row_to_sample(row: _Row, fmt: str, system_prompt: str | None, prompt_suffix: str) -> Sample:
-    if isinstance(row.data, Exception):
-        raise BadSampleError(f"(row {row.index} in {row.source})", f"not valid JSON: {row.data}", "bad_column")
+    if isinstance(row.data, UnreadableRow):
+        raise BadSampleError(f"(row {row.index} in {row.source})", row.data.reason, row.data.kind)
     if not isinstance(row.data, dict):
         raise BadSampleError(f"(row {row.index} in {row.source})", f"a row must be an object, got {type(row.data).__name__}", "bad_column")
+    where = unencodable(row.data)
+    if where is not None:
+        raise row.bad(f"{where} is a lone surrogate (a JSON \\u escape that is not half of a pair), not text: "
+                      "no tokenizer can encode it", "bad_encoding")
     kind = detect_format(row.data) if fmt == "auto" else fmt
     if kind is None:
         raise row.bad(f"cannot tell the format from columns {sorted(row.data)} (need prompt, messages or question)")
