@@ -114,3 +114,42 @@ def test_lone_surrogates_are_found_at_load(tmp_path, kind, line, where):
     (error,) = result.skipped
     assert error.kind == "bad_encoding" and where in str(error) and "row 1" in str(error)
     str(error).encode("utf-8")  # the message itself can be logged
+
+
+# -- 4. per-row media options are capped ---------------------------------------------------------
+
+
+CEILING = {"sample_max_frames": 4, "sample_max_pixels": 64 * 28 * 28}
+GREEDY = {"nframes": 20, "max_pixels": 1280 * 720, "min_pixels": 1280 * 720, "total_pixels": 10**9}
+
+
+@pytest.fixture(scope="module")
+def hd_clip(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("hd") / "hd.mp4", counting_frames(24, 720, 1280), fps=8)  # 3 s
+
+
+def test_resolve_budget_caps_a_rows_own_options():
+    vision = VisionConfig(**CEILING)
+    budget = resolve_budget(MediaOptions(**GREEDY, min_frames=30, max_frames=30), vision)
+    assert (budget.nframes, budget.min_frames, budget.max_frames) == (4, 4, 4)
+    assert budget.max_pixels == budget.min_pixels == 64 * 28 * 28 and budget.total_pixels == 4 * 64 * 28 * 28
+    assert resolve_budget(MediaOptions(nframes=2, max_pixels=3136), vision).nframes == 2  # under: unchanged
+    defaults = resolve_budget(MediaOptions(), VisionConfig(max_frames=16, sample_max_frames=4))
+    assert defaults.max_frames == 16  # the dataset's own settings are not a row's overrides
+
+
+@pytest.mark.parametrize("where", ["row", "item", "fps"])
+def test_decoded_frames_stay_within_the_ceilings(tmp_path, hd_clip, where):
+    if where == "row":
+        row = {"id": "big", "question": "q", "answer": "a", "video": str(hd_clip), **GREEDY}
+    elif where == "item":
+        item = {"type": "video", "video": str(hd_clip), **GREEDY}
+        row = {"id": "big", "prompt": [{"role": "user", "content": [item, {"type": "text", "text": "q"}]}]}
+    else:  # frame count from fps, bounded by the row's own min / max_frames
+        row = {"id": "big", "question": "q", "answer": "a", "video": str(hd_clip), "fps": 8, "min_frames": 24,
+               "max_frames": 24, "max_pixels": 1280 * 720}
+    sample = load_samples(jsonl(tmp_path / "d.jsonl", [row])).samples[0]
+    frames = decode_media(sample.media[0], VisionConfig(**CEILING)).frames  # [T, 3, H, W]
+    t, _, h, w = frames.shape
+    assert t <= CEILING["sample_max_frames"] and h * w <= CEILING["sample_max_pixels"]
+    assert t == 4 and abs(w / h - 1280 / 720) < 0.2  # as much as allowed, aspect kept
