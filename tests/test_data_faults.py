@@ -153,3 +153,94 @@ def test_decoded_frames_stay_within_the_ceilings(tmp_path, hd_clip, where):
     t, _, h, w = frames.shape
     assert t <= CEILING["sample_max_frames"] and h * w <= CEILING["sample_max_pixels"]
     assert t == 4 and abs(w / h - 1280 / 720) < 0.2  # as much as allowed, aspect kept
+
+
+# -- 5. media paths outside data.media_root -------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    """root/ holds the media a dataset may use; outside/ (and a fake home) what it must not reach."""
+    root, outside, home = tmp_path / "root", tmp_path / "outside", tmp_path / "home"
+    frames = counting_frames(4, 56, 56)
+    write_image(root / "in.png", frames[0])
+    write_image(outside / "out.png", frames[0])
+    write_image(home / "h.png", frames[0])
+    write_frame_folder(root / "frames", frames)
+    write_frame_folder(outside / "frames", frames)
+    write_frame_folder(root / "leaky", frames[:2])
+    (root / "leaky" / "00002.png").symlink_to(outside / "out.png")  # one frame links out
+    (root / "link.png").symlink_to(outside / "out.png")
+    (root / "inner_link.png").symlink_to(root / "in.png")
+    (root / "out_dir").symlink_to(outside, target_is_directory=True)
+    monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "data").mkdir()
+    return tmp_path
+
+
+OUTSIDE = {
+    "dotdot": ("image", "../outside/out.png"),
+    "absolute": ("image", "{tmp}/outside/out.png"),
+    "home": ("image", "~/h.png"),
+    "symlink": ("image", "link.png"),
+    "symlinked_dir": ("image", "out_dir/out.png"),
+    "frame_list": ("video", ["frames/00000.png", "../outside/frames/00001.png"]),
+    "frame_folder": ("video", "../outside/frames"),
+    "frame_in_folder": ("video", "leaky"),
+}
+
+
+def plain_row(ident: str, kind: str, value, tmp: Path) -> dict:
+    value = [v.format(tmp=tmp) for v in value] if isinstance(value, list) else value.format(tmp=tmp)
+    return {"id": ident, "question": "q", "answer": "a", kind: value}
+
+
+def test_media_outside_the_root_are_bad_samples(tree):
+    rows = [plain_row(name, kind, value, tree) for name, (kind, value) in OUTSIDE.items()]
+    rows += [plain_row("inside", "image", "in.png", tree), plain_row("inner_link", "image", "inner_link.png", tree),
+             plain_row("abs_inside", "image", f"{tree}/root/in.png", tree), plain_row("folder", "video", "frames", tree)]
+    path = jsonl(tree / "data" / "d.jsonl", rows)
+    result = load_samples(path, on_bad_sample="skip", media_root=str(tree / "root"))
+    assert [s.id for s in result.samples] == ["inside", "inner_link", "abs_inside", "folder"]
+    assert result.samples[0].media[0].source == str(tree / "root" / "in.png")  # against the root, not data/
+    assert {e.sample_id: e.kind for e in result.skipped} == {name: "media_outside_root" for name in OUTSIDE}
+    for e in result.skipped:
+        assert f"'{e.sample_id}'" in str(e) and "outside media_root" in str(e) and str(tree / "root") in str(e)
+    with pytest.raises(BadSampleError, match="'dotdot'.*outside media_root"):
+        load_samples(path, media_root=str(tree / "root"))
+
+
+def test_without_a_root_paths_are_followed_and_embedded_bytes_need_none(tree):
+    path = jsonl(tree / "root" / "d.jsonl", [plain_row("dotdot", "image", "../outside/out.png", tree)])
+    assert load_samples(path).samples[0].media[0].source == str(tree / "outside" / "out.png")  # peers' default
+    row = {"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}],
+           "images": [{"bytes": (tree / "outside" / "out.png").read_bytes(), "path": "../../x.png"}]}
+    import datasets
+
+    ds = datasets.Dataset.from_list([row])
+    assert load_samples(ds, media_root=str(tree / "root")).samples[0].media[0].data
+
+
+def test_media_root_from_config_and_a_missing_root(tree):
+    path = jsonl(tree / "data" / "d.jsonl", [plain_row("in", "image", "in.png", tree),
+                                            plain_row("out", "image", "../outside/out.png", tree)])
+    cfg = DataConfig(train=(str(path),), on_bad_sample="skip", media_root=str(tree / "root"))
+    result = load_samples_from_config(cfg)
+    assert [s.id for s in result.samples] == ["in"] and result.skipped[0].kind == "media_outside_root"
+    with pytest.raises(FileNotFoundError, match="media_root"):
+        load_samples(path, media_root=str(tree / "nowhere"))
+
+
+def test_eval_media_root_resolves_and_confines(tree):
+    trl = {"id": "t", "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}],
+           "image": "in.png", "answer": "a"}
+    rows = [trl, {"id": "b", "image": "../outside/out.png", "question": "Q?", "candidates": ["x", "y"], "answer": 0},
+            {"id": "v", "videoID": "../outside/frames", "question": "Q?", "candidates": ["x", "y"], "answer": 0}]
+    path = jsonl(tree / "data" / "bench.jsonl", rows)
+    first, second, third = load_eval_data([str(path)], media_root=str(tree / "root"))
+    assert first.media[0].source == str(tree / "root" / "in.png")  # every format resolves against the root
+    assert isinstance(second, LoadError) and second.kind == "media_outside_root" and second.id == "b"
+    assert isinstance(third, LoadError) and third.kind == "media_outside_root"
+    unconfined = load_eval_data([str(path)])  # without a root: the data file's folder, paths followed
+    assert isinstance(unconfined[0], LoadError) and unconfined[0].kind == "missing_media"
+    assert not isinstance(unconfined[1], LoadError)
