@@ -244,3 +244,34 @@ def test_eval_media_root_resolves_and_confines(tree):
     unconfined = load_eval_data([str(path)])  # without a root: the data file's folder, paths followed
     assert isinstance(unconfined[0], LoadError) and unconfined[0].kind == "missing_media"
     assert not isinstance(unconfined[1], LoadError)
+
+
+# -- 6. check-data reports each of them -----------------------------------------------------------
+
+
+def test_check_data_reports_every_data_fault(tree, tiny_dir, hd_clip, capsys):
+    rows = [
+        json.dumps({"id": "ok", "question": "q", "answer": "a", "image": "in.png"}).encode(),
+        b'{"id": "latin1", "question": "caf\xe9", "answer": "a"}',
+        b'{"id": "surrogate", "question": "\\ud800", "answer": "a"}',
+        json.dumps({"id": "long", "question": LONG_TEXT, "answer": "a"}).encode(),
+        json.dumps({"id": "out", "question": "q", "answer": "a", "image": "../outside/out.png"}).encode(),
+    ]
+    (tree / "root" / "hd.mp4").symlink_to(hd_clip)  # a symlink pointing out of the root is refused too
+    rows.append(json.dumps({"id": "hd", "question": "q", "answer": "a", "video": "hd.mp4", **GREEDY}).encode())
+    data = tree / "data" / "d.jsonl"
+    data.write_bytes(b"\n".join(rows))
+    config = tree / "c.yaml"
+    config.write_text(yaml.safe_dump({"vision": {"max_prompt_length": 64}, "data": {"media_root": str(tree / "root")}}))
+    report = tree / "report.jsonl"
+    status = cli_main(["check-data", str(data), "--model", str(tiny_dir), "--config", str(config), "--report", str(report)])
+    assert status == 1
+    kinds = [(r["ok"], r.get("kind")) for r in map(json.loads, report.read_text().splitlines())]
+    assert sorted(kinds, key=str) == sorted([(True, None), (False, "bad_encoding"), (False, "bad_encoding"),
+                                             (False, "too_long"), (False, "media_outside_root"),
+                                             (False, "media_outside_root")], key=str)
+    out = capsys.readouterr().out
+    assert "6 samples: 1 ok, 5 bad" in out and "internal_error" not in out
+    for words in ("line 2", "column 'question'", "text alone", "'out'", "hd.mp4"):
+        assert words in out
+    assert os.path.islink(tree / "root" / "hd.mp4")
