@@ -102,7 +102,8 @@ def main(argv: list[str]) -> int:
     records: list[Record] = []
     for path in args.data:
         try:
-            result = load_samples(path, cfg.data.format, "skip", cfg.data.system_prompt, cfg.data.prompt_suffix)
+            result = load_samples(path, cfg.data.format, "skip", cfg.data.system_prompt, cfg.data.prompt_suffix,
+                                  media_root=cfg.data.media_root)
         except (OSError, ValueError) as e:  # the file itself is unusable: nothing per sample to report
             print(f"mmgrpo check-data: {path}: {e}", file=sys.stderr)
             return 2

@@ -18,12 +18,13 @@ Benchmark columns understood (first present wins):
 - labels:   task `task_type` / `task` / `dim` / `question_type` (absent: the file stem - MVBench
             keeps one task per file); category `category` / `domain`; duration `duration` /
             `video_duration` (seconds or a label like Video-MME's "short")
-A JSON file may also be a {task: [rows]} mapping. Relative media paths resolve against
-`media_root` when given, else the data file's folder.
+A JSON file may also be a {task: [rows]} mapping. Media paths are `processors.formats`': without
+`media_root` relative paths resolve against the data file's folder and any path is followed; with
+it, relative paths (and Video-MME ids) resolve against it, in every row format, and a path that
+leaves it (`../`, absolute, `~`, a symlink out) is an error record of kind `media_outside_root`.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from mmgrpo.processors.fields import normalize_options
-from mmgrpo.processors.formats import _Row, read_rows, row_to_sample
+from mmgrpo.processors.formats import MediaRoot, _Row, read_rows, row_to_sample
+from mmgrpo.processors.reading import read_json
 from mmgrpo.processors.sample import BadSampleError, Sample
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
 
@@ -109,12 +111,6 @@ def _answer(data: dict, options: list[str] | None) -> Any:
     return chr(ord("A") + index)
 
 
-def _media_path(value: Any, root: str | None) -> Any:
-    if isinstance(value, str) and root and not os.path.isabs(value) and "://" not in value:
-        return os.path.join(root, value)
-    return value
-
-
 def _video_by_id(video_id: str, root: str) -> str:
     """`<root>/<id>.<ext>` for the first extension that exists; `.mp4` when none does, so the
     missing file is reported under its most likely name."""
@@ -126,7 +122,8 @@ def _video_by_id(video_id: str, root: str) -> str:
 
 
 def to_plain_row(data: dict, base_dir: str, media_root: str | None = None, ref: str = "?") -> dict:
-    """A benchmark row as a processors `plain` row; every original column is kept."""
+    """A benchmark row as a processors `plain` row; every original column is kept. Media paths
+    stay as written (the processors resolve and confine them); only a video id becomes a path."""
     row = dict(data)
     question = _first(data, QUESTION_KEYS)
     if not isinstance(question, str):
@@ -146,7 +143,7 @@ def to_plain_row(data: dict, base_dir: str, media_root: str | None = None, ref: 
         video = _video_by_id(str(video_id), media_root or base_dir)
     for key, value in (("video", video), ("image", image)):
         if value is not None:
-            row[key] = _media_path(value, media_root)
+            row[key] = value
     return row
 
 
@@ -154,7 +151,7 @@ def read_bench_rows(path: str) -> tuple[list[Any], str, str]:
     """`formats.read_rows`, plus JSON files that map task -> list of rows."""
     p = Path(path)
     if p.suffix.lower() == ".json" and p.is_file():
-        data = json.loads(p.read_text())
+        data = read_json(p)
         if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
             rows = [{"task": task, **r} if isinstance(r, dict) and not _first(r, TASK_KEYS) else r
                     for task, part in data.items() for r in part]
@@ -173,10 +170,11 @@ def labels(sample: Sample) -> Labels:
     )
 
 
-def _load_row(row: _Row, fmt: str, media_root: str | None, system_prompt: str | None, prompt_suffix: str) -> Sample:
+def _load_row(row: _Row, fmt: str, system_prompt: str | None, prompt_suffix: str) -> Sample:
     if isinstance(row.data, dict) and "prompt" not in row.data and "messages" not in row.data and fmt in ("auto", "plain"):
+        root = row.root.path if row.root is not None else None
         try:
-            row = _Row(to_plain_row(row.data, row.base_dir, media_root, row.ref), row.index, row.source, row.base_dir)
+            row = _Row(to_plain_row(row.data, row.base_dir, root, row.ref), row.index, row.source, row.base_dir, row.root)
         except ValueError as e:  # an answer index outside the options, options of the wrong type
             raise row.bad(str(e)) from e
     return row_to_sample(row, fmt, system_prompt, prompt_suffix)
@@ -193,13 +191,13 @@ def load_eval_data(
     """Every row of every file, in order: a `Sample`, or a `LoadError` saying why not (raised
     instead with `strict`). Ids are made unique across files (see `unique_ids`)."""
     items: list[Sample | LoadError] = []
-    media_root = os.path.abspath(media_root) if media_root else None  # rows resolve against their own folder
+    root = MediaRoot.of(media_root)  # None: rows resolve against their own folder, unconfined
     for path in paths:
         rows, source, base_dir = read_bench_rows(path)
         for index, data in enumerate(rows):
-            row = _Row(data, index, source, base_dir)
+            row = _Row(data, index, source, base_dir, root)
             try:
-                items.append(_load_row(row, fmt, media_root, system_prompt, prompt_suffix))
+                items.append(_load_row(row, fmt, system_prompt, prompt_suffix))
             except BadSampleError as e:
                 if strict:
                     raise

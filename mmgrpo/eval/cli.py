@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
                          f"else {RewardConfig().numeric_tolerance})")
     ap.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of recording an error")
     ap.add_argument("--format", default=None, choices=["auto", "trl", "swift", "plain"], help="row format (default auto)")
-    ap.add_argument("--media-root", help="folder that relative media paths resolve against (default: each data file's folder)")
+    ap.add_argument("--media-root", help="data.media_root: folder that relative media paths resolve against and no media "
+                    "path may leave (default: the config's, else each data file's folder, unconfined)")
     ap.add_argument("--system-prompt", help="system prompt added to rows without one")
     ap.add_argument("--prompt-suffix", help="appended to each question, e.g. the answer-format instruction used in training")
     ap.add_argument("--config", help="a train / sft YAML whose vision and data (prompt, format) settings to use")
@@ -98,7 +99,7 @@ def eval_main(args: argparse.Namespace) -> int:
     items = load_eval_data(
         args.data,
         fmt=args.format or (data.format if data else "auto"),
-        media_root=args.media_root,
+        media_root=args.media_root if args.media_root is not None else (data.media_root if data else None),
         system_prompt=args.system_prompt if args.system_prompt is not None else (data.system_prompt if data else None),
         prompt_suffix=args.prompt_suffix if args.prompt_suffix is not None else (data.prompt_suffix if data else ""),
         strict=args.strict,

@@ -5,6 +5,12 @@ The rules are qwen-vl-utils' (the reference Qwen2.5-VL preprocessing), called ra
 - frame counts are multiples of FRAME_FACTOR = 2 (temporal patch), from `fps` or `nframes`,
   clamped to [min_frames, max_frames] and to the clip (`smart_nframes`);
 - a video's `total_pixels` is shared by its frames two at a time, floored at 1.05 * min_pixels.
+
+A sample's own options (a row's columns or a content item's keys) are capped where they are merged
+(`resolve_budget`): frame counts (`nframes`, `min_frames`, `max_frames`) at
+`vision.sample_max_frames`, per-frame pixels (`min_pixels`, `max_pixels`) at
+`vision.sample_max_pixels`, `total_pixels` at their product. A row asking for 40 frames of 4K is
+decoded at the ceilings, not at what it asked for; the dataset's own settings are not capped.
 """
 from __future__ import annotations
 
@@ -42,12 +48,18 @@ class Budget:
 
 
 def resolve_budget(options: MediaOptions, vision: VisionConfig) -> Budget:
-    """Each field: the sample's value when set, else the dataset's. A sample `max_pixels` below the
-    dataset `min_pixels` lowers the floor too (the sample asked for smaller frames)."""
+    """Each field: the sample's value when set (capped at the `sample_max_*` ceilings, see the
+    module docstring), else the dataset's. A sample `max_pixels` below the dataset `min_pixels`
+    lowers the floor too (the sample asked for smaller frames)."""
+    frames, pixels = vision.sample_max_frames, vision.sample_max_pixels
+    ceilings = {"nframes": frames, "min_frames": frames, "max_frames": frames, "min_pixels": pixels,
+                "max_pixels": pixels, "total_pixels": frames * pixels}
 
     def pick(name: str):
         value = getattr(options, name)
-        return getattr(vision, name) if value is None else value
+        if value is None:
+            return getattr(vision, name)
+        return min(value, ceilings[name]) if name in ceilings else value
 
     max_pixels = int(pick("max_pixels"))
     nframes, total_pixels = pick("nframes"), pick("total_pixels")
@@ -125,6 +137,8 @@ def shrink_to_fit(
         need = sum(vision_tokens(t, h, w) for (t, _, _), (h, w) in zip(shapes, sizes))
         if need <= available:
             return sizes
+        if need == 0:  # no vision tokens to give up (no media): the text alone is over the limit
+            return None
         scale = max(available, 0) / need
         new = [resize_to(h, w, lo, int(h * w * scale)) for (h, w), lo in zip(sizes, min_pixels)]
         if new == sizes:

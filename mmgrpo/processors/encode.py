@@ -161,6 +161,10 @@ class PromptEncoder:
             return [(h, w) for _, h, w in shapes]
         pixels = ", ".join(f"{kind} {t}x{h}x{w}" for kind, (t, h, w) in zip([m.kind for m in media], shapes))
         numbers = f"needs {need} tokens ({text} text + {need - text} vision: {pixels}), max_prompt_length is {limit}"
+        if text > limit:  # no pixel budget can help, and text is never cut
+            vision = f" (+ {need - text} vision tokens)" if need > text else " (no media)"
+            raise BadSampleError(sample.ref, f"prompt too long: its text alone is {text} tokens{vision}, "
+                                 f"max_prompt_length is {limit}", "too_long", sample.id)
         if self.vision.fit == "reject":
             raise BadSampleError(sample.ref, f"prompt too long: {numbers} (fit=reject)", "too_long", sample.id)
         floors = [resolve_budget(m.options, self.vision).min_pixels for m in sample.media]

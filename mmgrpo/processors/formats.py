@@ -18,14 +18,22 @@ split out, surrounding whitespace stripped), so write options there the same way
 samples. `source` and `columns` always differ between formats: `columns` keeps every column of the
 row (answer / solution included) for reward functions. Per-sample media options (`fps`, `nframes`,
 `min_pixels`, `max_pixels`, `total_pixels`, `start`, `end`, ...) come from columns and, refining
-those, from content items. Media are file paths (relative ones resolve against the dataset file's
-folder; a datasets folder is its own base, an in-memory Dataset uses the cwd) or, for images,
-the embedded bytes of a datasets `Image` column. `DataConfig.system_prompt` is added when a row has no system message of
-its own; `prompt_suffix` goes on a new line after the last user text.
+those, from content items; `budget.resolve_budget` caps them at `vision.sample_max_*`.
+`DataConfig.system_prompt` is added when a row has no system message of its own; `prompt_suffix`
+goes on a new line after the last user text.
+
+Media are file paths or, for images, the embedded bytes of a datasets `Image` column (bytes need no
+confinement). Without `media_root` (the default, as in TRL / ms-swift) relative paths resolve
+against the dataset file's folder (a datasets folder is its own base, an in-memory Dataset uses the
+cwd) and any path is followed. With `media_root`, relative paths resolve against it and a path
+whose real location (symlinks followed) leaves it - `../`, absolute, `~`, a link out, a frame of a
+frame list or folder - is a bad sample of kind `media_outside_root`.
+
+Text faults are per-row errors too (`reading`): a JSONL line that is not UTF-8, or a string that
+UTF-8 cannot hold (a lone surrogate), is a bad row of kind `bad_encoding` naming the line / column.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -36,7 +44,8 @@ from typing import Any, Callable
 from mmgrpo.config import DataConfig
 from mmgrpo.answers import reference_answer, reference_letter
 from mmgrpo.processors.fields import media_options, normalize_options, problem_type, render_options
-from mmgrpo.processors.image import check_file
+from mmgrpo.processors.image import IMAGE_EXTENSIONS, check_file
+from mmgrpo.processors.reading import UnreadableRow, read_json, read_jsonl, unencodable
 from mmgrpo.processors.sample import BadSampleError, Media, MediaError, MediaOptions, Sample
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
 
@@ -52,6 +61,28 @@ class LoadResult:
     skipped: list[BadSampleError] = field(default_factory=list)  # with on_bad_sample="skip"
 
 
+@dataclass(frozen=True)
+class MediaRoot:
+    """`DataConfig.media_root`: the folder relative media paths resolve against and no media path
+    may leave."""
+
+    path: str  # absolute, as the user named it: relative media paths are joined to it
+    real: str  # symlinks resolved: a media file's realpath must lie under it
+
+    @classmethod
+    def of(cls, folder: str | None) -> MediaRoot | None:
+        """None for None; a relative folder is taken from the working directory."""
+        if folder is None:
+            return None
+        path = os.path.abspath(os.path.expanduser(folder))
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"data.media_root: {folder!r} is not a folder")
+        return cls(path, os.path.realpath(path))
+
+    def contains(self, real_path: str) -> bool:
+        return os.path.commonpath([self.real, real_path]) == self.real
+
+
 @dataclass
 class _Row:
     """One row being converted: where it came from, how errors name it."""
@@ -60,6 +91,7 @@ class _Row:
     index: int
     source: str
     base_dir: str
+    root: MediaRoot | None = None  # set: media paths resolve against it and must stay inside
 
     @property
     def id(self) -> str:
@@ -97,9 +129,9 @@ def read_rows(source: Any, split: str | None = None) -> tuple[list[Any], str, st
     base = str(path.parent.resolve())
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return [_json_line(line) for line in path.read_text().splitlines() if line.strip()], str(path), base
+        return read_jsonl(path), str(path), base
     if suffix == ".json":
-        rows = json.loads(path.read_text())
+        rows = read_json(path)
         if not isinstance(rows, list):
             raise ValueError(f"{path}: a JSON dataset must be a list of rows, got {type(rows).__name__}")
         return rows, str(path), base
@@ -114,13 +146,6 @@ def _raw_rows(ds: Any) -> list[dict]:
     """Rows as stored: an `Image` column stays {"bytes", "path"} instead of being decoded into PIL
     images for the whole dataset up front (each image is decoded when its sample is encoded)."""
     return ds.with_format("arrow")[0 : len(ds)].to_pylist()
-
-
-def _json_line(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as e:
-        return e  # reported as a bad row, so on_bad_sample="skip" can skip it
 
 
 # -- media columns ------------------------------------------------------------------------------
@@ -162,9 +187,32 @@ def _resolve(row: _Row, value: Any, kind: str) -> str | list[str]:
     if value.startswith(("http://", "https://")):
         raise row.bad(f"remote {kind} {value!r} is not supported: download it first", "unsupported_media")
     path = value[len("file://"):] if value.startswith("file://") else value
-    path = os.path.normpath(os.path.join(row.base_dir, os.path.expanduser(path)))
+    base = row.root.path if row.root is not None else row.base_dir
+    path = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    if row.root is not None:
+        _confine(row, row.root, value, path, kind)  # before any existence check: nothing outside is probed
     _check_media_path(row, path, kind)
+    if row.root is not None and kind == "video" and os.path.isdir(path):
+        _confine_folder(row, row.root, value, path)
     return path
+
+
+def _confine(row: _Row, root: MediaRoot, given: str, path: str, kind: str) -> None:
+    real = os.path.realpath(path)
+    if not root.contains(real):
+        raise row.bad(f"{kind} path {given!r} resolves to {real}, outside media_root {root.path}", "media_outside_root")
+
+
+def _confine_folder(row: _Row, root: MediaRoot, given: str, folder: str) -> None:
+    """The frames a folder holds (`video.frame_paths`) stay inside too: the folder is inside, so
+    only a symlinked entry can lead out."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_symlink() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                real = os.path.realpath(entry.path)
+                if not root.contains(real):
+                    raise row.bad(f"frame {entry.name!r} of video folder {given!r} links to {real}, "
+                                  f"outside media_root {root.path}", "media_outside_root")
 
 
 def _check_media_path(row: _Row, path: str, kind: str) -> None:
@@ -327,10 +375,14 @@ def _finish_prompt(messages: list[dict], system_prompt: str | None, prompt_suffi
 
 
 def row_to_sample(row: _Row, fmt: str, system_prompt: str | None, prompt_suffix: str) -> Sample:
-    if isinstance(row.data, Exception):
-        raise BadSampleError(f"(row {row.index} in {row.source})", f"not valid JSON: {row.data}", "bad_column")
+    if isinstance(row.data, UnreadableRow):
+        raise BadSampleError(f"(row {row.index} in {row.source})", row.data.reason, row.data.kind)
     if not isinstance(row.data, dict):
         raise BadSampleError(f"(row {row.index} in {row.source})", f"a row must be an object, got {type(row.data).__name__}", "bad_column")
+    where = unencodable(row.data)
+    if where is not None:
+        raise row.bad(f"{where} is a lone surrogate (a JSON \\u escape that is not half of a pair), not text: "
+                      "no tokenizer can encode it", "bad_encoding")
     kind = detect_format(row.data) if fmt == "auto" else fmt
     if kind is None:
         raise row.bad(f"cannot tell the format from columns {sorted(row.data)} (need prompt, messages or question)")
@@ -366,15 +418,18 @@ def load_samples(
     system_prompt: str | None = None,
     prompt_suffix: str = "",
     split: str | None = None,
+    media_root: str | None = None,
 ) -> LoadResult:
     """Every row of `source` as a `Sample`. A bad row raises BadSampleError, or with
-    `on_bad_sample="skip"` is logged and returned in `skipped`."""
+    `on_bad_sample="skip"` is logged and returned in `skipped`. `media_root`: see the module
+    docstring (None: paths are followed wherever they lead)."""
     if fmt not in ("auto", *FORMATS):
         raise ValueError(f"format {fmt!r} is not one of auto, {', '.join(FORMATS)}")
+    root = MediaRoot.of(media_root)
     rows, name, base_dir = read_rows(source, split)
     result = LoadResult(samples=[])
     for index, data in enumerate(rows):
-        row = _Row(data, index, name, base_dir)
+        row = _Row(data, index, name, base_dir, root)
         try:
             result.samples.append(row_to_sample(row, fmt, system_prompt, prompt_suffix))
         except BadSampleError as e:
@@ -394,7 +449,8 @@ def load_samples_from_config(data_cfg: DataConfig, split: str = "train") -> Load
     files = {"train": data_cfg.train, "eval": data_cfg.eval}[split]
     total = LoadResult(samples=[])
     for path in files:
-        part = load_samples(path, data_cfg.format, data_cfg.on_bad_sample, data_cfg.system_prompt, data_cfg.prompt_suffix)
+        part = load_samples(path, data_cfg.format, data_cfg.on_bad_sample, data_cfg.system_prompt, data_cfg.prompt_suffix,
+                            media_root=data_cfg.media_root)
         total.samples.extend(part.samples)
         total.skipped.extend(part.skipped)
     return total
