@@ -1,6 +1,6 @@
 """Videos: decode the frames ourselves (decord, OpenCV when decord fails), sample, resize.
 
-transformers 5.x can only open video files through torchcodec (FACTS.md), so the processor gets
+transformers 5.x can only open video files through torchcodec (which needs a system FFmpeg), so the processor gets
 our uint8 frames, already at the budget. A source is a video file, a folder of frame images, or a
 list of frame paths. Decoders can return garbage instead of failing on truncated files, so every
 decode is checked (frame count, not all black) and a failed decord read is retried with OpenCV.

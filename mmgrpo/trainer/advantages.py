@@ -1,4 +1,4 @@
-"""Group advantages from per-function rewards (ALGORITHMS.md §1, §2 "Multi-reward").
+"""Group advantages from per-function rewards (DeepSeekMath §4.1.2; Dr. GRPO §3.2; GDPO for several rewards).
 
 Pure functions over tensors; nothing here knows about models or trainers. Shapes:
 B groups (prompts), G completions per group, R reward functions. A reward of NaN means the
@@ -89,8 +89,8 @@ def combine_rewards(
     """One number per completion from R rewards. Returns (total [B, G], scorable [B, G] bool).
 
     sum_then_normalize: weighted sum; the group normalisation happens in `group_advantages`.
-      ALGORITHMS.md §2: "a reward that returns None for a sample is left out of that sample's
-      baseline". The baseline of completion i is then sum over *its* applicable functions k of
+      A reward that returns None for a sample is left out of that sample's
+      baseline. The baseline of completion i is then sum over *its* applicable functions k of
       w_k * mean_{j: k applies to j} r_jk, so its centred total is
       sum_{k applicable to i} w_k (r_ik - mean_j r_jk). We get exactly that by filling each None
       with the group mean of that function (it contributes r - mean = 0 to the advantage) and

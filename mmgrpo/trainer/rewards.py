@@ -1,6 +1,6 @@
 """Reward functions (TRL convention) and the runner that turns them into a [N, R] tensor.
 
-Convention shared with TRL (ALGORITHMS.md §6): `fn(completions, **columns) -> list[float | None]`,
+Convention shared with TRL (GRPOTrainer reward functions): `fn(completions, **columns) -> list[float | None]`,
 one entry per completion; dataset columns arrive as keyword lists of the same length; None means
 "not applicable to this sample" (left out of that sample's baseline, see advantages.py). A
 function should accept `**kwargs`: the runner passes every column and the global extras.
