@@ -71,3 +71,24 @@ def test_no_update_when_every_group_is_flat(tiny_dir, task, tmp_path):
     assert all(r["skipped_update"] == 1.0 and r["zero_std_frac"] == 1.0 for r in rows)
     base, after = weights(tiny_dir), weights(final)
     assert all(torch.equal(base[k], after[k]) for k in base)
+
+
+def test_dapo_preset_trains_with_dapo_settings(tiny_dir, task, tmp_path, monkeypatch):
+    """`loss.preset=dapo` reaches the loss as DAPO's settings (clip-higher, token mean, no KL), never
+    as GRPO's, and the checkpoint records them; an unknown preset or objective names its key."""
+    from mmgrpo.config import ConfigError
+    from mmgrpo.trainer import update
+
+    seen = []
+    real = update.compute_loss
+    monkeypatch.setattr(update, "compute_loss", lambda x, cfg, norm: seen.append(cfg) or real(x, cfg, norm))
+    cfg = tiny_train_config(tiny_dir, task, tmp_path / "run", reward_file(tmp_path), "loss.preset=dapo",
+                            "lora.enabled=false", "max_steps=1")
+    final = train(cfg)
+    assert seen and all((c.objective, c.epsilon_low, c.epsilon_high, c.aggregation, c.beta)
+                        == ("clipped_token", 0.2, 0.28, "token_mean", 0.0) for c in seen)
+    recorded = json.loads((final / "trainer_state.json").read_text())["config"]
+    assert recorded["loss"]["epsilon_high"] == 0.28 and recorded["advantage"]["scale"] == "group"
+    for bad, key in (("loss.preset=dapoo", "loss.preset"), ("loss.objective=dapo", "loss.objective")):
+        with pytest.raises(ConfigError, match=f"^{key}: "):
+            tiny_train_config(tiny_dir, task, tmp_path / "x", reward_file(tmp_path), bad)
