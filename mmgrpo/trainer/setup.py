@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,16 +134,33 @@ def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], dict[str, i
 
 
 def check_start(cfg: TrainConfig, resume: Path | None) -> None:
-    """A fresh run must not share output_dir with another run's checkpoints (pruning would delete its
-    own newer-but-lower-numbered checkpoints, and resume=auto would later pick the other run's);
-    RL resumes only RL checkpoints (an SFT checkpoint is a starting point: init_from)."""
-    existing = ckpt.latest_checkpoint(cfg.output_dir)
-    if resume is None and existing is not None:
-        raise ValueError(f"output_dir {cfg.output_dir} already holds {existing.name}: continue it with "
-                         "resume_from=auto, or choose a new output_dir")
-    if resume is not None and ckpt.load_trainer_state(resume).kind != "grpo":
+    """A fresh run must not share output_dir with another run's checkpoint data (pruning would delete
+    its own newer-but-lower-numbered checkpoints, and resume=auto would later pick the other run's);
+    RL resumes only RL checkpoints (an SFT checkpoint is a starting point: init_from), and only one
+    whose state fits its folder and this config."""
+    if resume is None:
+        check_fresh(cfg.output_dir, "continue it with resume_from=auto, or choose a new output_dir")
+        return
+    if ckpt.load_trainer_state(resume).kind != "grpo":
         raise ValueError(f"resume_from={resume} is an `mmgrpo sft` checkpoint: start RL from it with "
                          f"init_from={resume}")
+
+
+def check_fresh(output_dir: str, advice: str) -> None:
+    """A run that starts at step 0 refuses a folder holding checkpoint data (complete or not)."""
+    data = ckpt.run_data(output_dir)
+    if data:
+        raise ValueError(f"output_dir {output_dir} already holds {ckpt.listing(data)}: {advice}")
+
+
+def find_resume(cfg: TrainConfig, accelerator: Accelerator) -> Path | None:
+    """The checkpoint to resume from. With resume_from=auto the main process first finishes any save
+    a kill interrupted (checkpoint.recover); the others wait, then look."""
+    if cfg.resume_from == "auto" and accelerator.is_main_process:
+        for note in ckpt.recover(cfg.output_dir):
+            print(f"mmgrpo train: {note}", file=sys.stderr)
+    accelerator.wait_for_everyone()
+    return ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
 
 
 def check_unique_ids(split: str, samples: list[Sample]) -> None:
@@ -164,7 +182,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     accelerator = accelerator or dist.make_accelerator("fp16" if cfg.model.dtype == "fp16" else "no")
     dist.check_supported(accelerator, cfg)
     torch.manual_seed(cfg.seed)
-    resume = ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
+    resume = find_resume(cfg, accelerator)
     check_start(cfg, resume)
     init = run_init(cfg, resume)
     start = resume or init
