@@ -33,14 +33,16 @@ def _cli_args(cfg_overrides: list[str]) -> list[str]:
 @pytest.mark.parametrize("lora", [False, True])
 def test_killed_run_resumes_to_identical_weights(tiny_dir, task, tmp_path, lora):
     rewards = reward_file(tmp_path)
-    common = [f"lora.enabled={lora}", "max_steps=4", "save_every=2", "optim.schedule=cosine", "optim.warmup_steps=1"]
+    common = [f"lora.enabled={lora}", "max_steps=4", "save_every=2", "optim.schedule=cosine", "optim.warmup_steps=1",
+              "sample_every=1", "report_to=[jsonl,tensorboard]"]
     full = train(tiny_train_config(tiny_dir, task, tmp_path / "full", rewards, *common))
 
-    # Same run as a separate process, SIGKILLed by its reward function in the middle of step 3
-    # (2 prompts per step = 2 reward calls per step; call 5 is the first of step 3).
+    # Same run as a separate process, SIGKILLed by its reward function in the middle of step 4
+    # (2 prompts per step = 2 reward calls per step; call 7 is the first of step 4): step 3 was
+    # trained and logged after checkpoint-2, and is replayed by the resume.
     cfg = tiny_train_config(tiny_dir, task, tmp_path / "killed", rewards, *common)
     overrides = [f"{k}={v}" for k, v in _flat_overrides(cfg).items()]
-    env = {**os.environ, "MMGRPO_TEST_KILL_AT_CALL": "5"}
+    env = {**os.environ, "MMGRPO_TEST_KILL_AT_CALL": "7"}
     proc = subprocess.run(_cli_args(overrides), env=env, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert latest_checkpoint(tmp_path / "killed").name == "checkpoint-2"
@@ -51,6 +53,22 @@ def test_killed_run_resumes_to_identical_weights(tiny_dir, task, tmp_path, lora)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert_same_logs(tmp_path / "full", tmp_path / "killed")
+
+
+def assert_same_logs(full, resumed) -> None:
+    """The resumed run's logs hold each step once (the replayed step's records were cut back), as
+    the uninterrupted run's do: metrics.jsonl, samples.jsonl and TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    read = lambda path: [json.loads(x) for x in path.read_text().splitlines()]  # noqa: E731
+    a, b = read(full / "metrics.jsonl"), read(resumed / "metrics.jsonl")
+    assert [r["step"] for r in b] == [r["step"] for r in a] == [1, 2, 3, 4]
+    assert [(r["loss"], r["reward/mean"]) for r in b] == [(r["loss"], r["reward/mean"]) for r in a]
+    assert read(resumed / "samples.jsonl") == read(full / "samples.jsonl")
+    events = EventAccumulator(str(resumed / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
 
 
 def _flat_overrides(cfg) -> dict[str, str]:
@@ -65,7 +83,8 @@ def _flat_overrides(cfg) -> dict[str, str]:
         "generation.max_new_tokens": cfg.generation.max_new_tokens,
         "reward.functions": "[" + ",".join(cfg.reward.functions) + "]", "reward.weights": "[1.0]",
         "prompts_per_step": cfg.prompts_per_step, "max_steps": cfg.max_steps, "save_every": cfg.save_every,
-        "output_dir": cfg.output_dir, "progress_bar": "false", "report_to": "[jsonl]", "optim.lr": cfg.optim.lr,
+        "output_dir": cfg.output_dir, "progress_bar": "false", "report_to": "[" + ",".join(cfg.report_to) + "]",
+        "sample_every": cfg.sample_every, "optim.lr": cfg.optim.lr,
         "optim.schedule": cfg.optim.schedule, "optim.warmup_steps": cfg.optim.warmup_steps,
         "lora.enabled": cfg.lora.enabled, "lora.r": cfg.lora.r, "lora.alpha": cfg.lora.alpha,
         "lora.dropout": cfg.lora.dropout,

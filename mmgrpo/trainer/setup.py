@@ -26,6 +26,7 @@ from mmgrpo.models.loading import (
 from mmgrpo.processors.sample import Sample
 from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer import distributed as dist
+from mmgrpo.trainer import runlock
 from mmgrpo.trainer.logger import MetricsLogger
 
 
@@ -154,8 +155,8 @@ def check_fresh(output_dir: str, advice: str) -> None:
 
 
 def find_resume(cfg: TrainConfig, accelerator: Accelerator) -> Path | None:
-    """The checkpoint to resume from. With resume_from=auto the main process first finishes any save
-    a kill interrupted (checkpoint.recover); the others wait, then look."""
+    """The checkpoint to resume from. With resume_from=auto the main process, holding the run lock,
+    first finishes any save a kill interrupted (checkpoint.recover); the others wait, then look."""
     if cfg.resume_from == "auto" and accelerator.is_main_process:
         for note in ckpt.recover(cfg.output_dir):
             print(f"mmgrpo train: {note}", file=sys.stderr)
@@ -182,6 +183,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     accelerator = accelerator or dist.make_accelerator("fp16" if cfg.model.dtype == "fp16" else "no")
     dist.check_supported(accelerator, cfg)
     torch.manual_seed(cfg.seed)
+    lock = runlock.take(accelerator, cfg.output_dir, "mmgrpo train")  # before anything is read or written
     resume = find_resume(cfg, accelerator)
     check_start(cfg, resume)
     init = run_init(cfg, resume)
@@ -215,7 +217,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
         state.counters = {k: 0 for k in state.counters}
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
     rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error)
-    logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process)
+    # the logs are cut back to the step the run starts from; the logger releases the lock when it closes
+    logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process,
+                           start_step=state.step, lock=lock)
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
                samples, eval_samples, state, logger, augment)
 
