@@ -17,7 +17,7 @@ from mmgrpo.trainer import runlock
 from mmgrpo.trainer.logger import MetricsLogger
 from mmgrpo.trainer.logprobs import group_logprobs
 from mmgrpo.trainer.loop import epoch_order
-from mmgrpo.trainer.setup import build_optimizer, build_policy
+from mmgrpo.trainer.setup import build_optimizer, build_policy, check_fresh
 
 
 def target_ids(processor, sample: Sample, template: str) -> torch.Tensor:
@@ -47,6 +47,8 @@ def sft(cfg: SFTConfig) -> Path:
 
     acc = Accelerator()
     lock = runlock.take(acc, cfg.output_dir, "mmgrpo sft")  # before anything is read or written
+    # SFT does not resume: a second run into the folder would mix two runs' checkpoints and metrics
+    check_fresh(cfg.output_dir, "`mmgrpo sft` starts a new run (it does not resume); choose a new output_dir")
     torch.manual_seed(cfg.seed)
     processor = load_processor(cfg.model.name_or_path, cfg.model.trust_remote_code)
     model = build_policy(cfg.model, cfg.lora, None, acc.device)
