@@ -26,6 +26,8 @@ import os
 import re
 import resource
 import shutil
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +37,7 @@ import torch
 from mmgrpo.models.loading import save_processor_files
 
 STATE_FILE = "trainer_state.json"  # written last inside the temporary folder
+KINDS = ("grpo", "sft")
 # checkpoint-N (visible) or .checkpoint-N.tmp / .old / .deleting (hidden, a save or prune under way)
 _ENTRY_RE = re.compile(r"^(\.?)checkpoint-(\d+)(?:\.(tmp|old|deleting))?$")
 _KIND_ORDER = {"": 0, "tmp": 1, "old": 2, "deleting": 3}  # recover promotes a .tmp before an .old
@@ -319,14 +322,56 @@ def _torch_save(obj: Any, path: Path) -> None:
 
 
 def load_trainer_state(ckpt: Path) -> TrainerState:
-    return TrainerState(**json.loads((ckpt / STATE_FILE).read_text()))
+    """trainer_state.json, checked field by field: a resume acts on these numbers."""
+    path = Path(ckpt) / STATE_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    check_state_fields(raw, path)
+    return TrainerState(**raw)
+
+
+def check_state_fields(raw: Any, path: Path) -> None:
+    """Every TrainerState field present with its type and in range, and nothing else."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    hints = typing.get_type_hints(TrainerState)
+    unknown = sorted(raw.keys() - hints.keys())
+    if unknown:
+        raise ValueError(f"{path}: unknown field {unknown[0]!r}; known: {sorted(hints)}")
+    for name, tp in hints.items():
+        if name not in raw:
+            raise ValueError(f"{path}: field {name!r} is missing")
+        if not has_type(raw[name], tp):
+            raise ValueError(f"{path}: {name} is {raw[name]!r}, expected {getattr(tp, '__name__', tp)}")
+    for name, low in (("step", 1), ("epoch", 0), ("position", 0)):
+        if raw[name] < low:
+            raise ValueError(f"{path}: {name} is {raw[name]}, must be >= {low}")
+    for key, count in raw["counters"].items():
+        if not has_type(count, int) or count < 0:
+            raise ValueError(f"{path}: counters.{key} is {count!r}, must be an integer >= 0")
+    if raw["kind"] not in KINDS:
+        raise ValueError(f"{path}: kind is {raw['kind']!r}, must be one of {list(KINDS)}")
+
+
+def has_type(value: Any, tp: Any) -> bool:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(has_type(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    base = typing.get_origin(tp) or tp
+    return isinstance(value, base) and not (isinstance(value, bool) and base is not bool)
 
 
 def load_optimizer_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> None:
     path = ckpt / "optimizer.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{ckpt}: optimizer.pt missing; cannot resume exactly")
-    optimizer.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    try:
+        optimizer.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path} does not fit this run's trainable parameters: {e}") from e
 
 
 def is_adapter_checkpoint(path: str | Path) -> bool:

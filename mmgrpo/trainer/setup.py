@@ -26,7 +26,7 @@ from mmgrpo.models.loading import (
 from mmgrpo.processors.sample import Sample
 from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer import distributed as dist
-from mmgrpo.trainer import runlock
+from mmgrpo.trainer import resume_checks, runlock
 from mmgrpo.trainer.logger import MetricsLogger
 
 
@@ -138,13 +138,16 @@ def check_start(cfg: TrainConfig, resume: Path | None) -> None:
     """A fresh run must not share output_dir with another run's checkpoint data (pruning would delete
     its own newer-but-lower-numbered checkpoints, and resume=auto would later pick the other run's);
     RL resumes only RL checkpoints (an SFT checkpoint is a starting point: init_from), and only one
-    whose state fits its folder and this config."""
+    whose state fits its folder and this config (resume_checks)."""
     if resume is None:
         check_fresh(cfg.output_dir, "continue it with resume_from=auto, or choose a new output_dir")
         return
-    if ckpt.load_trainer_state(resume).kind != "grpo":
+    state = ckpt.load_trainer_state(resume)
+    if state.kind != "grpo":
         raise ValueError(f"resume_from={resume} is an `mmgrpo sft` checkpoint: start RL from it with "
                          f"init_from={resume}")
+    resume_checks.config_changes(state.config, cfg, resume)
+    resume_checks.check_checkpoint(state, resume, cfg)
 
 
 def check_fresh(output_dir: str, advice: str) -> None:
@@ -162,6 +165,32 @@ def find_resume(cfg: TrainConfig, accelerator: Accelerator) -> Path | None:
             print(f"mmgrpo train: {note}", file=sys.stderr)
     accelerator.wait_for_everyone()
     return ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
+
+
+def restore(cfg: TrainConfig, resume: Path, accelerator: Accelerator, optimizer, lr_sched, augment,
+            n_samples: int) -> ckpt.TrainerState:
+    """The resumed run's state, each part checked against this run before it is used; settings
+    changed on resume (resume_checks.CHANGEABLE) are applied and recorded in the next checkpoint."""
+    state = ckpt.load_trainer_state(resume)
+    where = resume / ckpt.STATE_FILE
+    resume_checks.check_progress(state, n_samples, cfg, where)
+    ckpt.load_optimizer_state(resume, optimizer)
+    resume_checks.restore_schedule(state, lr_sched, optimizer, cfg, where)
+    resume_checks.check_grad_scaler(state, accelerator.scaler is not None, where)
+    if accelerator.scaler is not None:  # fp16: continue the loss scale
+        accelerator.scaler.load_state_dict(state.grad_scaler)
+    if augment is not None:
+        try:
+            augment.load_state_dict(state.augment)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{where}: augment does not fit the difficulty scheduler ({e!r})") from e
+    changes = resume_checks.config_changes(state.config, cfg, resume)
+    state.config = resume_checks.recorded_config(cfg, state.config)
+    for key, (old, new) in changes.items():
+        if key != "resume_from" and accelerator.is_main_process:
+            print(f"mmgrpo train: resuming {resume}: {key} {old} -> {new} (applied, recorded in its next "
+                  "checkpoint)", file=sys.stderr)
+    return state
 
 
 def check_unique_ids(split: str, samples: list[Sample]) -> None:
@@ -204,13 +233,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
         check_names(cfg.augment.harder)
         augment = DifficultyScheduler(cfg.augment)
     if resume is not None:
-        state = ckpt.load_trainer_state(resume)
-        ckpt.load_optimizer_state(resume, optimizer)
-        lr_sched.load_state_dict(state.lr_scheduler)
-        if accelerator.scaler is not None and state.grad_scaler is not None:  # fp16: continue the loss scale
-            accelerator.scaler.load_state_dict(state.grad_scaler)
-        if augment is not None and state.augment is not None:
-            augment.load_state_dict(state.augment)
+        state = restore(cfg, resume, accelerator, optimizer, lr_sched, augment, len(samples))
     if not accelerator.is_main_process:
         # counters are per process and summed when logged / saved; what came before this run (data
         # loading, the resumed checkpoint's totals) is counted once, by the main process
