@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +26,11 @@ from typing import Callable, Literal
 import torch
 from transformers import AutoConfig, GenerationConfig
 
+from mmgrpo.models.folders import checkpoint_entries, has_processor_files, holds_weights
 from mmgrpo.models.loading import LoadError, legacy_keys, load_model, load_processor, save_processor_files
 from mmgrpo.models.verify import VerifyReport, make_probe, verify_export
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
 class ExportError(LoadError):
     """A checkpoint that cannot be exported as asked; the message says what to change."""
 
@@ -86,24 +83,14 @@ def find_checkpoint(path: str | Path) -> Path:
     root = Path(path)
     if not root.is_dir():
         raise ExportError(f"{root}: no such folder")
-    if _holds_weights(root):
+    if holds_weights(root):
         return root
-    steps = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT_RE.match(p.name)) and _holds_weights(p)]
+    steps = [(step, p) for step, kind, p in checkpoint_entries(root) if kind == "" and holds_weights(p)]
     if not steps:
         raise ExportError(
             f"{root}: neither adapter_config.json nor config.json + weights, and no checkpoint-STEP folder with them"
         )
     return max(steps)[1]
-
-
-def _holds_weights(folder: Path) -> bool:
-    return (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file()
-
-
-def has_processor_files(folder: Path) -> bool:
-    return (folder / "tokenizer_config.json").is_file() and any(
-        (folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json")
-    )
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:

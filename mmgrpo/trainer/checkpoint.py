@@ -34,13 +34,11 @@ from typing import Any, Iterator
 
 import torch
 
+from mmgrpo.models.folders import checkpoint_dir, checkpoint_entries
 from mmgrpo.models.loading import save_processor_files
 
 STATE_FILE = "trainer_state.json"  # written last inside the temporary folder
 KINDS = ("grpo", "sft")
-# checkpoint-N (visible) or .checkpoint-N.tmp / .old / .deleting (hidden, a save or prune under way)
-_ENTRY_RE = re.compile(r"^(\.?)checkpoint-(\d+)(?:\.(tmp|old|deleting))?$")
-_KIND_ORDER = {"": 0, "tmp": 1, "old": 2, "deleting": 3}  # recover promotes a .tmp before an .old
 
 
 @dataclass
@@ -62,31 +60,13 @@ class DiskFullError(OSError):
     """A checkpoint could not be written for lack of space or the file-size limit."""
 
 
-def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / f"checkpoint-{step}"
-
-
 def is_complete(path: Path) -> bool:
     return (path / STATE_FILE).is_file()
 
 
-def entries(output_dir: str | Path) -> list[tuple[int, str, Path]]:
-    """(step, kind, folder) of every checkpoint folder, by step; kind "" for checkpoint-N, else
-    "tmp" | "old" | "deleting"."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _ENTRY_RE.match(p.name)
-        if m and p.is_dir() and (m.group(1) == "") == (m.group(3) is None):
-            found.append((int(m.group(2)), m.group(3) or "", p))
-    return sorted(found, key=lambda e: (e[0], _KIND_ORDER[e[1]]))
-
-
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The highest complete checkpoint (hidden folders of an interrupted save are ignored)."""
-    found = [p for _, kind, p in entries(output_dir) if kind == "" and is_complete(p)]
+    found = [p for _, kind, p in checkpoint_entries(output_dir) if kind == "" and is_complete(p)]
     return found[-1] if found else None
 
 
@@ -102,7 +82,7 @@ def describe(kind: str, path: Path) -> str:
 def run_data(output_dir: str | Path) -> list[str]:
     """What in output_dir holds a run's work, newest first: checkpoints, complete or not, and the
     hidden copies a save left. An incomplete `.tmp` (a write cut short) and `.deleting` are not."""
-    keep = [(kind, p) for _, kind, p in entries(output_dir)
+    keep = [(kind, p) for _, kind, p in checkpoint_entries(output_dir)
             if kind not in ("tmp", "deleting") or (kind == "tmp" and is_complete(p))]
     return [describe(kind, p) for kind, p in reversed(keep)]
 
@@ -119,7 +99,7 @@ def recover(output_dir: str | Path) -> list[str]:
     incomplete `.old` with no checkpoint beside it is left for `resolve_resume` to report. Returns
     what was recovered. Run it on one process, holding the run lock."""
     notes = []
-    for step, kind, path in entries(output_dir):
+    for step, kind, path in checkpoint_entries(output_dir):
         final = checkpoint_dir(output_dir, step)
         if kind == "":
             continue
@@ -145,7 +125,7 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
     if resume_from == "auto":
         last = latest_checkpoint(output_dir)
         after = int(last.name.split("-")[1]) if last is not None else 0
-        blocking = [describe(kind, p) for step, kind, p in entries(output_dir)
+        blocking = [describe(kind, p) for step, kind, p in checkpoint_entries(output_dir)
                     if step > after and (kind in ("", "old") or (kind == "tmp" and is_complete(p)))]
         if blocking:
             start = f"{last.name}, older than it" if last is not None else "no complete checkpoint"
@@ -229,7 +209,7 @@ def _publish(tmp: Path, final: Path) -> None:
 def _prune(root: Path, keep: int) -> None:
     """Remove all but the newest `keep` checkpoints, each first renamed out of sight: a kill in the
     middle of a removal never leaves a half-deleted folder under a checkpoint's name."""
-    visible = [p for _, kind, p in entries(root) if kind == ""]
+    visible = [p for _, kind, p in checkpoint_entries(root) if kind == ""]
     for p in visible[:-keep]:
         doomed = _hidden(p, "deleting")
         if doomed.exists():
@@ -372,10 +352,6 @@ def load_optimizer_state(ckpt: Path, optimizer: torch.optim.Optimizer) -> None:
         optimizer.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
     except (ValueError, KeyError) as e:
         raise ValueError(f"{path} does not fit this run's trainable parameters: {e}") from e
-
-
-def is_adapter_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
 
 
 def _write_json(path: Path, obj: Any) -> None:

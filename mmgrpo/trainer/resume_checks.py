@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmgrpo.config import TrainConfig, to_dict
+from mmgrpo.models.folders import checkpoint_step, is_adapter_folder
 from mmgrpo.trainer import checkpoint as ckpt
 
 # A section name covers its keys (eval.every, eval.limit, ...). max_steps stretches a cosine LR
@@ -76,8 +76,8 @@ def recorded_config(cfg: TrainConfig, recorded: dict) -> dict:
 def check_checkpoint(state: ckpt.TrainerState, resume: Path, cfg: TrainConfig) -> None:
     """The state's step against the folder's name, and its parts against the config."""
     where = resume / ckpt.STATE_FILE
-    m = re.fullmatch(r"checkpoint-(\d+)", resume.name)
-    if m and state.step != int(m.group(1)):
+    step = checkpoint_step(resume)
+    if step is not None and state.step != step:
         raise ValueError(f"{where}: step is {state.step} but the folder is {resume.name}")
     if (state.augment is not None) != cfg.augment.enabled:
         raise ValueError(f"{where}: augment is {'set' if state.augment is not None else 'null'} but the run has "
@@ -93,8 +93,8 @@ def check_checkpoint(state: ckpt.TrainerState, resume: Path, cfg: TrainConfig) -
 def check_weights(resume: Path, cfg: TrainConfig, init: str | None, where: Path) -> None:
     """The kind of weights on disk and, for an adapter, the base it was trained on: PEFT records it in
     adapter_config.json; the resume loads it onto init_from (a full-weights folder) or the base model."""
-    init_adapter = init is not None and ckpt.is_adapter_checkpoint(init)
-    adapter = ckpt.is_adapter_checkpoint(resume)
+    init_adapter = init is not None and is_adapter_folder(init)
+    adapter = is_adapter_folder(resume)
     if adapter != (cfg.lora.enabled or init_adapter):
         held = "a LoRA adapter" if adapter else "full weights"
         raise ValueError(f"{resume} holds {held} but the run has lora.enabled={cfg.lora.enabled}, init_from={init}")

@@ -22,6 +22,7 @@ from mmgrpo.models.lora import prepare_policy, trainable_parameters
 from mmgrpo.models.reference import Reference, frozen, make_reference
 from mmgrpo.models.special import SpecialIds, special_ids
 from mmgrpo.processors.sample import Sample
+from mmgrpo.models.folders import is_adapter_folder
 from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer import resume_checks, runlock
@@ -89,9 +90,9 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path 
     a model folder; an adapter checkpoint is loaded, trainable, onto the weights the run started from
     (`init_from` when that is a full-weights folder, e.g. a full SFT; else the base)."""
     base, adapter = model_cfg.name_or_path, None
-    if start_from is not None and ckpt.is_adapter_checkpoint(start_from):
+    if start_from is not None and is_adapter_folder(start_from):
         adapter = start_from  # keeps training: no new LoRA on top
-        if init_from is not None and not ckpt.is_adapter_checkpoint(init_from):
+        if init_from is not None and not is_adapter_folder(init_from):
             base = str(init_from)
         lora_cfg = dataclasses.replace(lora_cfg, enabled=False)
     elif start_from is not None:
