@@ -126,16 +126,21 @@ class AdvantageConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    objective: Literal["clipped_token", "gspo", "reg_grpo"] = "reg_grpo"  # trainer.losses.OBJECTIVES
+    objective: Literal["clipped_token", "gspo", "reg_grpo", "tic_grpo"] = "reg_grpo"  # trainer.losses.OBJECTIVES
     # a paper's settings (PRESETS) under the user's own: every field the YAML / overrides leave
-    # unset in loss / advantage takes the preset's value, e.g. loss.preset=dapo
-    preset: Literal["none", "grpo", "dr_grpo", "dapo", "gspo", "reg_grpo"] = "none"
-    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_sum_const"] = "seq_mean_token_mean"
+    # unset in the sections the preset names takes the preset's value, e.g. loss.preset=dapo
+    preset: Literal["none", "grpo", "dr_grpo", "dapo", "gspo", "reg_grpo", "tic_grpo", "t_grpo"] = "none"
+    # seq_sum: (1/G) sum_i sum_t, the sequence-level KL that Reg-GRPO's summed log-ratio pairs with
+    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_sum_const", "seq_sum"] = "seq_mean_token_mean"
     beta: float = bounded(0.0, ge=0)  # KL coefficient; 0 skips the reference forward entirely
     epsilon_low: float = bounded(0.2, ge=0, lt=1)
     epsilon_high: float = bounded(0.2, ge=0)
     reg_eps: float = bounded(1e-6, gt=0)  # Reg-GRPO: eps inside the square root (DeepVideo-R1 App. A; NaN at 0)
     reg_ratio: Literal["sum", "mean"] = "sum"  # Reg-GRPO sequence log-ratio: token sum (paper) or mean
+    # Reg-GRPO regression weight per group: "std" = its detached sqrt(var + reg_eps), so the gradient
+    # does not grow as 1/sqrt(reg_eps) on-policy and beta / lr / max_grad_norm keep their meaning;
+    # "none" = the paper's loss as written (trainer.losses.reg_grpo_loss, docs/methods.md)
+    reg_scale: Literal["std", "none"] = "std"
     # k3 KL times the (differentiable) importance ratio: unbiased reverse-KL gradient (DeepSeek-V3.2,
     # TRL's use_bias_correction_kl); False = DeepSeekMath's plain k3 (eq. 4)
     kl_importance_weight: bool = False
@@ -247,9 +252,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # GSPO (arXiv 2507.18071) §5.1: sequence ratio clipped at 3e-4 (left) / 4e-4 (right), no KL
     "gspo": {"loss": {"objective": "gspo", "aggregation": "seq_mean_token_mean", "epsilon_low": 3e-4,
                       "epsilon_high": 4e-4, "beta": 0.0}, "advantage": {"scale": "group"}},
-    # DeepVideo-R1 (arXiv 2506.07464) §4, SEED-Bench-R1 runs: beta 0.1, group z-score target, sum log-ratio
-    "reg_grpo": {"loss": {"objective": "reg_grpo", "aggregation": "seq_mean_token_mean", "beta": 0.1,
-                          "reg_ratio": "sum"}, "advantage": {"scale": "group"}},
+    # TIC-GRPO (arXiv 2508.02833): one trajectory-level ratio clipped from above only (1 + 0.2); the
+    # sequence terms averaged over the group; no KL (set loss.beta to add one)
+    "tic_grpo": {"loss": {"objective": "tic_grpo", "aggregation": "seq_mean_token_mean", "epsilon_high": 0.2,
+                          "beta": 0.0}, "advantage": {"scale": "group"}},
+    # DeepVideo-R1 (arXiv 2506.07464) §4, SEED-Bench-R1 runs: beta 0.1, group z-score target, sum log-ratio;
+    # ours: the regression weighted by its detached std and the KL of whole sequences (seq_sum), so that
+    # beta acts on-policy (trainer.losses.reg_grpo_loss, docs/methods.md)
+    "reg_grpo": {"loss": {"objective": "reg_grpo", "aggregation": "seq_sum", "beta": 0.1,
+                          "reg_ratio": "sum", "reg_scale": "std"}, "advantage": {"scale": "group"}},
 }
 
 # Keys of earlier releases, with what replaced them (an old config fails with this hint).
