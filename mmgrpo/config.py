@@ -193,7 +193,10 @@ class EvalConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    # RL: no LoRA dropout. With several updates per rollout the old log-probs are taken without
+    # dropout and the first pass's ratios would be dropout noise (Reg-GRPO z-scores it to unit
+    # variance); `validate` refuses dropout > 0 with optim.updates_per_rollout > 1.
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.0))
     vision: VisionConfig = field(default_factory=VisionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -387,9 +390,24 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
+        if _is_dataclass_type(hints[name]) and isinstance(value, dict):
+            # a section starts from *this* field's default (TrainConfig's LoRA has no dropout,
+            # SFTConfig's optimizer its own lr), not from the section class's defaults
+            kwargs[name] = _build_over(_default(fields[name]), hints[name], value, key)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
         _check_bounds(kwargs[name], fields[name].metadata.get("bounds", {}), key)
     return cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _build_over(base: Any, cls: type, values: dict, key: str) -> Any:
+    """`cls` built from `values` (checked as `_build` does), every field not in `values` taken from `base`."""
+    built = _build(cls, values, key)
+    return dataclasses.replace(base, **{name: getattr(built, name) for name in values})
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -480,6 +498,10 @@ def validate(cfg: Any) -> None:
             raise ConfigError("prompts_per_step must be a multiple of optim.grad_accum")
         if cfg.resume_from and cfg.init_from:
             raise ConfigError("resume_from and init_from exclude each other: resume continues a run, init starts one")
+        if cfg.optim.updates_per_rollout > 1 and cfg.lora.enabled and cfg.lora.dropout > 0:
+            raise ConfigError(f"lora.dropout={cfg.lora.dropout:g} with optim.updates_per_rollout="
+                              f"{cfg.optim.updates_per_rollout}: the old log-probs are computed without dropout, so "
+                              "every ratio of the first pass would be dropout noise; set lora.dropout=0")
         if cfg.eval.every and not cfg.data.eval:
             raise ConfigError(f"eval.every={cfg.eval.every} needs held-out data: set data.eval (or eval.every=0)")
     if hasattr(cfg, "vision"):

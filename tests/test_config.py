@@ -127,3 +127,10 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
 def test_sft_ranges_are_checked_too():
     with pytest.raises(ConfigError, match="^batch_size: 0 is out of range"):
         load_config(SFTConfig, None, ["batch_size=0"])
+
+
+def test_a_section_starts_from_its_fields_default():
+    """Setting one key of a section keeps that section's other defaults *as the parent declares
+    them*: SFT's optimizer lr 1e-4 and RL's LoRA dropout 0 survive `optim.grad_accum=2` / `lora.r=8`."""
+    assert load_config(SFTConfig, None, ["optim.grad_accum=2"]).optim.lr == SFTConfig().optim.lr == 1e-4
+    assert load_config(TrainConfig, None, ["lora.r=8"]).lora.dropout == TrainConfig().lora.dropout == 0.0
