@@ -104,15 +104,74 @@ class GenerationConfig:
     top_k: int = bounded(0, ge=0)  # 0 = off
 
 
+JUDGE_TEMPLATE = (
+    "You are grading an answer to a question against the reference answer.\n"
+    "Question: {question}\nReference answer: {reference}\nAnswer to grade: {answer}\n"
+    "Reply with a score from 0 (wrong) to 10 (fully correct and equivalent to the reference) "
+    "in the form <score>N</score> and nothing else."
+)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The LLM-as-judge reward (`judge` in reward.functions; mmgrpo/trainer/judge.py)."""
+
+    backend: Literal["openai", "hf"] = "openai"  # an OpenAI-compatible server (vLLM, SGLang, an API) or a local model
+    model: str = ""  # the served model's name (openai) or a local folder / hub id of a causal LM or VLM (hf)
+    base_url: str | None = None  # openai: None = $OPENAI_BASE_URL
+    api_key: str | None = None  # openai: None = the variable named by api_key_env (a local server takes any)
+    api_key_env: str = "OPENAI_API_KEY"
+    # placeholders {question}, {reference}, {answer} (the <answer> tag's text, else the completion), {completion}
+    template: str = JUDGE_TEMPLATE
+    # one capture group; the reply must match it exactly once, else a parse failure (counted, never 0)
+    score_pattern: str = r"<score>\s*(-?\d+(?:\.\d+)?)\s*</score>"
+    min_score: float = 0.0  # the judge's scale; a score s becomes (s - min) / (max - min) in [0, 1]
+    max_score: float = 10.0  # a score outside [min, max] is a parse failure
+    max_new_tokens: int = bounded(64, ge=1)
+    temperature: float = bounded(0.0, ge=0)  # 0 = greedy: identical queries get identical grades (cached)
+    batch_size: int = bounded(8, ge=1)  # concurrent requests (openai) / rows per generate call (hf)
+    timeout_s: float = bounded(30.0, gt=0)  # per request
+    retries: int = bounded(2, ge=0)  # further tries of a request that errored or timed out (not of a parse failure)
+    cache_size: int = bounded(4096, ge=0)  # identical queries answered from memory (LRU)
+    on_failure: Literal["skip", "raise"] = "skip"  # skip: that completion's judge reward is None (counted)
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # hf: the judge's weights
+
+
 @dataclass(frozen=True)
 class RewardConfig:
-    # names of built-ins (mmgrpo.trainer.rewards.REWARDS) or "path/to/file.py:function"
+    # names of built-ins (mmgrpo.trainer.rewards.REWARDS), "judge" (the `judge` section) or "path/to/file.py:function"
     functions: tuple[str, ...] = ("accuracy", "format")
     weights: tuple[float, ...] = (1.0, 0.5)
     on_error: Literal["raise", "zero"] = "raise"
     timeout_s: float = bounded(120.0, gt=0)  # per call of one function on a group; a timeout counts as an error
     numeric_tolerance: float = bounded(1e-2, ge=0)  # relative; evaluation scores with the same value
     overlong_buffer: int = bounded(64, ge=1)  # soft overlong penalty window C (DAPO §3.4)
+    # weight of DAPO's soft overlong punishment (§3.4) as one more reward term; 0 = off (or list
+    # `overlong` in functions yourself); the dapo preset sets 1
+    overlong_penalty: float = bounded(0.0, ge=0)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass(frozen=True)
+class DynamicSamplingConfig:
+    """DAPO §3.2 dynamic sampling: groups whose rewards are all equal are dropped and more prompts
+    are rolled out until the step has prompts_per_step informative groups (trainer/dynamic.py)."""
+
+    enabled: bool = False
+    max_rounds: int = bounded(4, ge=1)  # rollout rounds per step, the first included; then train on what there is
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    """T-GRPO (Video-R1, arXiv 2503.21776 §3.1): video prompts are also rolled out on their clip
+    with the frames shuffled; when ordered accuracy p >= margin * shuffled accuracy p~, every
+    correct ordered completion gets `bonus` (trainer/temporal.py). Only the ordered group trains."""
+
+    enabled: bool = False
+    shuffled_generations: int = bounded(0, ge=0)  # completions on the shuffled clip; 0 = G // 2 (the paper)
+    margin: float = bounded(0.8, ge=0)  # mu
+    bonus: float = bounded(0.3, ge=0)  # alpha
+    correct_above: float = bounded(0.1, ge=0)  # an accuracy above this counts as correct (Video-R1's code)
 
 
 @dataclass(frozen=True)
@@ -203,6 +262,8 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -249,12 +310,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Dr. GRPO (arXiv 2503.20783) §3.2: no std, constant (generation budget) normaliser, no KL
     "dr_grpo": {"loss": {"objective": "clipped_token", "aggregation": "seq_sum_const", "epsilon_low": 0.2,
                          "epsilon_high": 0.2, "beta": 0.0}, "advantage": {"scale": "none"}},
-    # DAPO (arXiv 2503.14476) §3.1 clip-higher 0.2 / 0.28, §3.3 token-level loss, no KL (§2.3)
+    # DAPO (arXiv 2503.14476) §3.1 clip-higher 0.2 / 0.28, §3.2 dynamic sampling, §3.3 token-level
+    # loss, §3.4 soft overlong punishment (weight 1), no KL (§2.3)
     "dapo": {"loss": {"objective": "clipped_token", "aggregation": "token_mean", "epsilon_low": 0.2,
-                      "epsilon_high": 0.28, "beta": 0.0}, "advantage": {"scale": "group"}},
+                      "epsilon_high": 0.28, "beta": 0.0}, "advantage": {"scale": "group"},
+             "dynamic_sampling": {"enabled": True}, "reward": {"overlong_penalty": 1.0}},
     # GSPO (arXiv 2507.18071) §5.1: sequence ratio clipped at 3e-4 (left) / 4e-4 (right), no KL
     "gspo": {"loss": {"objective": "gspo", "aggregation": "seq_mean_token_mean", "epsilon_low": 3e-4,
                       "epsilon_high": 4e-4, "beta": 0.0}, "advantage": {"scale": "group"}},
+    # T-GRPO (Video-R1, arXiv 2503.21776 §3.1): GRPO's settings plus the temporal contrast (G/2
+    # shuffled completions, mu 0.8, alpha 0.3)
+    "t_grpo": {"loss": {"objective": "clipped_token", "aggregation": "seq_mean_token_mean", "epsilon_low": 0.2,
+                        "epsilon_high": 0.2, "beta": 0.04}, "advantage": {"scale": "group"},
+               "temporal": {"enabled": True, "margin": 0.8, "bonus": 0.3}},
     # TIC-GRPO (arXiv 2508.02833): one trajectory-level ratio clipped from above only (1 + 0.2); the
     # sequence terms averaged over the group; no KL (set loss.beta to add one)
     "tic_grpo": {"loss": {"objective": "tic_grpo", "aggregation": "seq_mean_token_mean", "epsilon_high": 0.2,
@@ -494,6 +562,7 @@ def validate(cfg: Any) -> None:
         if len(cfg.reward.functions) != len(cfg.reward.weights):
             raise ConfigError(f"reward.weights has {len(cfg.reward.weights)} entries for "
                               f"{len(cfg.reward.functions)} reward.functions")
+        check_reward_terms(cfg)
         if cfg.prompts_per_step % cfg.optim.grad_accum:
             raise ConfigError("prompts_per_step must be a multiple of optim.grad_accum")
         if cfg.resume_from and cfg.init_from:
@@ -510,3 +579,39 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"vision.min_pixels ({v.min_pixels}) > vision.max_pixels ({v.max_pixels})")
         if v.min_frames > v.max_frames:
             raise ConfigError(f"vision.min_frames ({v.min_frames}) > vision.max_frames ({v.max_frames})")
+
+
+# Seed streams of a step: the groups of dynamic sampling's rounds take 0 .. prompts_per_step x
+# max_rounds - 1; difficulty augmentation and T-GRPO offset them by multiples of this.
+MAX_STREAMS = 100_000
+
+
+def check_reward_terms(cfg: TrainConfig) -> None:
+    """The reward terms and the methods that add to them, combined as they can work."""
+    r = cfg.reward
+    if r.overlong_penalty > 0 and "overlong" in r.functions:
+        raise ConfigError("reward.overlong_penalty > 0 adds DAPO's overlong term and reward.functions lists "
+                          "`overlong` too: it would count twice; keep one")
+    if (r.overlong_penalty > 0 or "overlong" in r.functions) and r.overlong_buffer > cfg.generation.max_new_tokens:
+        raise ConfigError(f"reward.overlong_buffer ({r.overlong_buffer}) exceeds generation.max_new_tokens "
+                          f"({cfg.generation.max_new_tokens}): DAPO's overlong window must lie inside the budget")
+    if cfg.prompts_per_step * cfg.dynamic_sampling.max_rounds >= MAX_STREAMS:
+        raise ConfigError(f"prompts_per_step x dynamic_sampling.max_rounds must stay below {MAX_STREAMS} "
+                          "(each group's seed stream is its index in the step)")
+    if cfg.temporal.shuffled_generations > cfg.generation.num_generations:
+        raise ConfigError(f"temporal.shuffled_generations ({cfg.temporal.shuffled_generations}) exceeds "
+                          f"generation.num_generations ({cfg.generation.num_generations})")
+    if "judge" in r.functions:
+        j = r.judge
+        if not j.model:
+            raise ConfigError("reward.functions lists `judge`: set reward.judge.model (the served model's name, "
+                              "or a local folder with reward.judge.backend=hf)")
+        if not j.min_score < j.max_score:
+            raise ConfigError(f"reward.judge.min_score ({j.min_score:g}) must be below max_score ({j.max_score:g})")
+        rounds = -(-cfg.generation.num_generations // j.batch_size)
+        worst = j.timeout_s * (j.retries + 1) * rounds
+        if j.backend == "openai" and worst > r.timeout_s:
+            raise ConfigError(f"a judge call on a group may take up to reward.judge.timeout_s x (retries + 1) x "
+                              f"ceil(G / batch_size) = {worst:g} s, more than reward.timeout_s ({r.timeout_s:g} s), "
+                              "which would abandon the call: lower the judge's timeout or retries, or raise "
+                              "reward.timeout_s")
