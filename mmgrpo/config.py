@@ -165,13 +165,15 @@ class DynamicSamplingConfig:
 
 @dataclass(frozen=True)
 class TemporalConfig:
-    """T-GRPO (Video-R1, arXiv 2503.21776 §3.1): video prompts are also rolled out on their clip
-    with the frames shuffled; when ordered accuracy p >= margin * shuffled accuracy p~, every
-    correct ordered completion gets `bonus` (trainer/temporal.py). Only the ordered group trains."""
+    """T-GRPO (Video-R1, arXiv 2503.21776, eq. 1): video prompts are also rolled out on their clip
+    with the frames shuffled; when ordered accuracy p >= margin * shuffled accuracy p~ (> with
+    `strict`), every correct ordered completion gets `bonus` (trainer/temporal.py). Only the ordered
+    group trains. Defaults: Video-R1's released code (p >= 0.8 p~); its eq. 1 is margin 1, strict."""
 
     enabled: bool = False
     shuffled_generations: int = bounded(0, ge=0)  # completions on the shuffled clip; 0 = G // 2 (the paper)
     margin: float = bounded(0.8, ge=0)  # mu
+    strict: bool = False  # p > margin * p~ instead of >=
     bonus: float = bounded(0.3, ge=0)  # alpha
     correct_above: float = bounded(0.1, ge=0)  # an accuracy above this counts as correct (Video-R1's code)
 

@@ -21,7 +21,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # GSPO (arXiv 2507.18071) §5.1: sequence ratio clipped at 3e-4 (left) / 4e-4 (right), no KL
     "gspo": {"loss": {"objective": "gspo", "aggregation": "seq_mean_token_mean", "epsilon_low": 3e-4,
                       "epsilon_high": 4e-4, "beta": 0.0}, "advantage": {"scale": "group"}},
-    # T-GRPO (Video-R1, arXiv 2503.21776 §3.1): GRPO's settings plus the temporal contrast (G/2
+    # T-GRPO (Video-R1, arXiv 2503.21776, eq. 1): GRPO's settings plus the temporal contrast (G/2
     # shuffled completions, mu 0.8, alpha 0.3)
     "t_grpo": {"loss": {"objective": "clipped_token", "aggregation": "seq_mean_token_mean", "epsilon_low": 0.2,
                         "epsilon_high": 0.2, "beta": 0.04}, "advantage": {"scale": "group"},

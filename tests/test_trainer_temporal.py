@@ -1,4 +1,4 @@
-"""T-GRPO (Video-R1, arXiv 2503.21776 §3.1): the frames really are shuffled, the bonus rule
+"""T-GRPO (Video-R1, arXiv 2503.21776, eq. 1): the frames really are shuffled, the bonus rule
 (hand-computed), one batched rollout of G/2 per video, only the ordered group trained."""
 from __future__ import annotations
 
@@ -100,6 +100,12 @@ def test_bonus_rule_hand_computed():
     assert [(c.ordered_accuracy, c.shuffled_accuracy, c.applied) for c in contrasts[:3]] == [
         (0.75, 0.5, True), (0.25, 1.0, False), (0.4, 0.5, True)]
     assert contrasts[3] is None
+    # the paper's eq. 1, p > p~ (margin 1, strict): g0 0.75 > 0.5 applied, g2 0.4 > 0.5 not
+    strict = SimpleNamespace(cfg=load_config(TrainConfig, None, ["loss.preset=t_grpo", "reward.functions=[accuracy]",
+                                                                 "reward.weights=[1.0]", "temporal.margin=1.0",
+                                                                 "temporal.strict=true"]))
+    assert [temporal_bonus(strict, (g,), (s,), r[None])[1][0].applied
+            for g, s, r in list(zip(groups, shuffled, rewards))[:3]] == [True, False, False]
 
 
 def test_t_grpo_trains_the_ordered_groups_only(tiny_dir, task, rewards, tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ class RolloutGroup:
 
 @dataclass(frozen=True)
 class TemporalContrast:
-    """T-GRPO's comparison for one video prompt (Video-R1 §3.1): its ordered group against G/2
+    """T-GRPO's comparison for one video prompt (Video-R1 eq. 1): its ordered group against G/2
     completions on the same clip with the frames shuffled (trainer/temporal.py)."""
 
     stream: int  # the ordered group's stream

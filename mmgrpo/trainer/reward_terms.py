@@ -2,7 +2,7 @@
 
     reward.functions        the user's functions: built-ins, `file.py:function`, `judge` (judge.py)
     overlong                DAPO's soft overlong punishment (§3.4), when reward.overlong_penalty > 0
-    temporal                T-GRPO's temporal bonus (Video-R1 §3.1), when temporal.enabled: not a
+    temporal                T-GRPO's temporal bonus (Video-R1 eq. 1), when temporal.enabled: not a
                             function of the completions alone; the temporal phase fills the column
 
 Every phase that reads rewards (advantages, the difficulty scheduler's totals, metrics) takes names

@@ -1,10 +1,13 @@
-"""T-GRPO's temporal contrast (Video-R1, arXiv 2503.21776 §3.1).
+"""T-GRPO's temporal contrast (Video-R1, arXiv 2503.21776, eq. 1).
 
 For every video prompt the rollout also samples G' = G/2 completions on the same clip with its
 frames in a random order. With p the ordered group's accuracy and p~ the shuffled group's, when
 p >= mu * p~ (mu = temporal.margin, 0.8) each correct ordered completion gets alpha
 (temporal.bonus, 0.3); only the ordered group is trained, the shuffled completions are scored
-and dropped. The rule rewards a policy whose answers depend on the order of the frames.
+and dropped. The rule rewards a policy whose answers depend on the order of the frames. That is
+the rule of Video-R1's released training code; the paper's eq. 1 writes p > p~, which is
+temporal.margin=1 temporal.strict=true (the two differ when 0.8 p~ <= p <= p~: the code also
+rewards an ordered accuracy up to 20% below the shuffled one).
 
 How it runs: the clip is decoded once (the encoder's frame cache), its frames permuted and the
 prompt rebuilt; all shuffled prompts of a round go through one batched rollout call (one prefill,
@@ -112,7 +115,7 @@ def temporal_bonus(run: Run, groups: tuple[RolloutGroup, ...], shuffled: tuple, 
         rolled, orders = s
         p = sum(ordered) / len(ordered)
         p_shuffled = sum(a or 0.0 for a in _accuracy(run, g, rolled.texts)) / rolled.size
-        applied = p >= cfg.margin * p_shuffled
+        applied = p > cfg.margin * p_shuffled if cfg.strict else p >= cfg.margin * p_shuffled
         bonus = [cfg.bonus if applied and a > cfg.correct_above else 0.0 for a in ordered]
         out[b, :, col] = torch.tensor(bonus, dtype=out.dtype)  # [G]
         contrasts.append(TemporalContrast(g.stream, orders, p, p_shuffled, applied))
