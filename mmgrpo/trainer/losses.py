@@ -303,7 +303,8 @@ def tic_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     trajectory ratio is a product of |y| token ratios and falls far below 1 - eps routinely, where
     a lower clip would silence every negative-advantage completion. Computed in log space: the
     sum of log-ratios is clamped at log(1 + eps_high) before the exponential, and a product of
-    token ratios (which under- / overflows over long completions) is never formed.
+    token ratios (which under- / overflows over long completions) is never formed. The A < 0
+    branch is unbounded above, as PPO's is (no dual clip).
     The sequence term is spread over its tokens and reduced with `aggregate`, as GSPO's; with
     seq_mean_token_mean (the preset) that is (1/G) sum_i of the sequence terms, and on-policy the
     gradient is -(1/G) sum_i A_i sum_t grad logp_t: sequence-level REINFORCE, not GRPO's
@@ -317,15 +318,14 @@ def tic_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     # min(w A, min(w, 1 + eps) A): for A >= 0 the clipped ratio, for A < 0 the ratio itself
     chosen = torch.where(adv >= 0, clipped, log_w)  # [B, G] log of the ratio the objective uses
     surrogate = -torch.exp(chosen) * adv  # [B, G]
-    ratio = torch.exp(log_w)[..., None]  # [B, G, 1] for the KL weight and the metrics
-    kl_tok, kl_mean = _kl_term(x, cfg, ratio)  # [B, G, T], []
+    kl_tok, kl_mean = _kl_term(x, cfg, torch.exp(log_ratio))  # [B, G, T], []; token ratios weight a token's KL
     per_token = surrogate[..., None].expand_as(log_ratio) + kl_tok  # [B, G, T]
     loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
     high = ((log_w > upper) & (adv > 0))[..., None]  # [B, G, 1]
     m = x.mask.bool()  # [B, G, T]
     metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(),  # [] each
                "clip_frac": _masked_mean(high.expand_as(m).float(), m),
-               "log_ratio_max": log_w.detach().abs().max() if log_w.numel() else log_w.new_zeros(())}
+               "log_ratio_abs_max": log_w.detach().abs().max() if log_w.numel() else log_w.new_zeros(())}
     return LossOutput(loss=loss, metrics=metrics)
 
 
