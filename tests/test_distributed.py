@@ -112,7 +112,7 @@ def launch_ok(nproc: int, cfg: TrainConfig, *overrides: str) -> Path:
 
 
 def metrics(out: str | Path) -> dict[int, dict]:
-    """Last record per step in metrics.jsonl (a resumed run appends after the killed one)."""
+    """Last record per step in metrics.jsonl (a resumed run cuts the log back to its checkpoint first)."""
     return {r["step"]: r for r in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())}
 
 

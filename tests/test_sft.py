@@ -52,3 +52,14 @@ def test_sft_then_rl(tiny_dir, task, tmp_path, lora):
     a, b = weights(ckpt), weights(rl)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sft_into_a_folder_holding_a_run_is_refused(tiny_dir, task, tmp_path):
+    """SFT does not resume: a second `mmgrpo sft` (or one into an RL run's folder) would mix two runs'
+    checkpoints and metrics."""
+    sft(sft_cfg(tiny_dir, task, tmp_path / "sft", "max_steps=1"))
+    with pytest.raises(ValueError, match=r"output_dir .*sft already holds checkpoint-1.*new output_dir"):
+        sft(sft_cfg(tiny_dir, task, tmp_path / "sft", "max_steps=1"))
+    train(tiny_train_config(tiny_dir, task, tmp_path / "rl", reward_file(tmp_path), "max_steps=1"))
+    with pytest.raises(ValueError, match=r"output_dir .*rl already holds checkpoint-1"):
+        sft(sft_cfg(tiny_dir, task, tmp_path / "rl", "max_steps=1"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from mmgrpo.config import ConfigError, SFTConfig, TrainConfig, load_config
 
@@ -32,13 +33,29 @@ def _load(cls, verb: str, argv: list[str]):
         raise SystemExit(2)
 
 
+def _run(verb: str, fn, cfg) -> Path | None:
+    """`fn(cfg)`; a refusal or a failure that names its cause (a busy or used output_dir, a full
+    disk, a tampered checkpoint, a bad sample or reward) is printed as one line, exit status 1."""
+    from mmgrpo.trainer.checkpoint import DiskFullError
+    from mmgrpo.trainer.rewards import RewardError
+    from mmgrpo.trainer.runlock import RunLockedError
+
+    try:
+        return fn(cfg)
+    except (RunLockedError, DiskFullError, RewardError, ValueError, FileNotFoundError) as e:
+        print(f"mmgrpo {verb}: {e}", file=sys.stderr)
+        return None
+
+
 def train_main(argv: list[str]) -> int:
     cfg = _load(TrainConfig, "train", argv)
     if cfg is None:
         return 0
     from mmgrpo.trainer.loop import train
 
-    path = train(cfg)
+    path = _run("train", train, cfg)
+    if path is None:
+        return 1
     print(f"final checkpoint: {path}")
     return 0
 
@@ -49,6 +66,8 @@ def sft_main(argv: list[str]) -> int:
         return 0
     from mmgrpo.trainer.sft import sft
 
-    path = sft(cfg)
+    path = _run("sft", sft, cfg)
+    if path is None:
+        return 1
     print(f"SFT checkpoint: {path}  (start RL from it with: mmgrpo train CONFIG init_from={path})")
     return 0

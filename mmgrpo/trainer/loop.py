@@ -59,6 +59,17 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Path:
     run = run or setup(cfg)
     acc = run.accelerator
     bar = tqdm(total=cfg.max_steps, initial=run.state.step, disable=not (cfg.progress_bar and acc.is_main_process))
+    try:
+        last = run_steps(run, bar)
+    finally:  # a failed run still closes its logs and releases the output_dir lock
+        bar.close()
+        run.logger.close()
+    return last or ckpt.checkpoint_dir(cfg.output_dir, run.state.step)
+
+
+def run_steps(run: Run, bar) -> Path | None:
+    """Steps until max_steps, saving every save_every and at the end; returns the last checkpoint."""
+    cfg, acc = run.cfg, run.accelerator
     last = None
     timings: dict[str, float] = {}
     while run.state.step < cfg.max_steps:
@@ -82,9 +93,7 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Path:
                 last = save(run)
     if last is None or run.state.step % max(cfg.save_every, 1):
         last = save(run)
-    bar.close()
-    run.logger.close()
-    return last or ckpt.checkpoint_dir(cfg.output_dir, run.state.step)
+    return last
 
 
 def evaluate_heldout(run: Run) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from mmgrpo.models.special import SpecialIds, special_ids
 from mmgrpo.processors.sample import Sample
 from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer import distributed as dist
+from mmgrpo.trainer import resume_checks, runlock
 from mmgrpo.trainer.logger import MetricsLogger
 from mmgrpo.trainer.update import PolicyParts, UpdateSettings
 
@@ -142,16 +144,62 @@ def load_data(cfg: TrainConfig) -> tuple[list[Sample], list[Sample], dict[str, i
 
 
 def check_start(cfg: TrainConfig, resume: Path | None) -> None:
-    """A fresh run must not share output_dir with another run's checkpoints (pruning would delete its
-    own newer-but-lower-numbered checkpoints, and resume=auto would later pick the other run's);
-    RL resumes only RL checkpoints (an SFT checkpoint is a starting point: init_from)."""
-    existing = ckpt.latest_checkpoint(cfg.output_dir)
-    if resume is None and existing is not None:
-        raise ValueError(f"output_dir {cfg.output_dir} already holds {existing.name}: continue it with "
-                         "resume_from=auto, or choose a new output_dir")
-    if resume is not None and ckpt.load_trainer_state(resume).kind != "grpo":
+    """A fresh run must not share output_dir with another run's checkpoint data (pruning would delete
+    its own newer-but-lower-numbered checkpoints, and resume=auto would later pick the other run's);
+    RL resumes only RL checkpoints (an SFT checkpoint is a starting point: init_from), and only one
+    whose state fits its folder and this config (resume_checks)."""
+    if resume is None:
+        check_fresh(cfg.output_dir, "continue it with resume_from=auto, or choose a new output_dir")
+        return
+    state = ckpt.load_trainer_state(resume)
+    if state.kind != "grpo":
         raise ValueError(f"resume_from={resume} is an `mmgrpo sft` checkpoint: start RL from it with "
                          f"init_from={resume}")
+    resume_checks.config_changes(state.config, cfg, resume)
+    resume_checks.check_checkpoint(state, resume, cfg)
+
+
+def check_fresh(output_dir: str, advice: str) -> None:
+    """A run that starts at step 0 refuses a folder holding checkpoint data (complete or not)."""
+    data = ckpt.run_data(output_dir)
+    if data:
+        raise ValueError(f"output_dir {output_dir} already holds {ckpt.listing(data)}: {advice}")
+
+
+def find_resume(cfg: TrainConfig, accelerator: Accelerator) -> Path | None:
+    """The checkpoint to resume from. With resume_from=auto the main process, holding the run lock,
+    first finishes any save a kill interrupted (checkpoint.recover); the others wait, then look."""
+    if cfg.resume_from == "auto" and accelerator.is_main_process:
+        for note in ckpt.recover(cfg.output_dir):
+            print(f"mmgrpo train: {note}", file=sys.stderr)
+    accelerator.wait_for_everyone()
+    return ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
+
+
+def restore(cfg: TrainConfig, resume: Path, accelerator: Accelerator, optimizer, lr_sched, augment,
+            n_samples: int) -> ckpt.TrainerState:
+    """The resumed run's state, each part checked against this run before it is used; settings
+    changed on resume (resume_checks.CHANGEABLE) are applied and recorded in the next checkpoint."""
+    state = ckpt.load_trainer_state(resume)
+    where = resume / ckpt.STATE_FILE
+    resume_checks.check_progress(state, n_samples, cfg, where)
+    ckpt.load_optimizer_state(resume, optimizer)
+    resume_checks.restore_schedule(state, lr_sched, optimizer, cfg, where)
+    resume_checks.check_grad_scaler(state, accelerator.scaler is not None, where)
+    if accelerator.scaler is not None:  # fp16: continue the loss scale
+        accelerator.scaler.load_state_dict(state.grad_scaler)
+    if augment is not None:
+        try:
+            augment.load_state_dict(state.augment)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"{where}: augment does not fit the difficulty scheduler ({e!r})") from e
+    changes = resume_checks.config_changes(state.config, cfg, resume)
+    state.config = resume_checks.recorded_config(cfg, state.config)
+    for key, (old, new) in changes.items():
+        if key != "resume_from" and accelerator.is_main_process:
+            print(f"mmgrpo train: resuming {resume}: {key} {old} -> {new} (applied, recorded in its next "
+                  "checkpoint)", file=sys.stderr)
+    return state
 
 
 def check_unique_ids(split: str, samples: list[Sample]) -> None:
@@ -174,7 +222,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     accelerator = accelerator or dist.make_accelerator("fp16" if cfg.model.dtype == "fp16" else "no")
     dist.check_supported(accelerator, cfg)
     torch.manual_seed(cfg.seed)
-    resume = ckpt.resolve_resume(cfg.resume_from, cfg.output_dir)
+    lock = runlock.take(accelerator, cfg.output_dir, "mmgrpo train")  # before anything is read or written
+    resume = find_resume(cfg, accelerator)
     check_start(cfg, resume)
     init = run_init(cfg, resume)
     start = resume or init
@@ -194,13 +243,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
         check_names(cfg.augment.harder)
         augment = DifficultyScheduler(cfg.augment)
     if resume is not None:
-        state = ckpt.load_trainer_state(resume)
-        ckpt.load_optimizer_state(resume, optimizer)
-        lr_sched.load_state_dict(state.lr_scheduler)
-        if accelerator.scaler is not None and state.grad_scaler is not None:  # fp16: continue the loss scale
-            accelerator.scaler.load_state_dict(state.grad_scaler)
-        if augment is not None and state.augment is not None:
-            augment.load_state_dict(state.augment)
+        state = restore(cfg, resume, accelerator, optimizer, lr_sched, augment, len(samples))
     if not accelerator.is_main_process:
         # counters are per process and summed when logged / saved; what came before this run (data
         # loading, the resumed checkpoint's totals) is counted once, by the main process
@@ -209,7 +252,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     terms = reward_terms(cfg)
     rewards = RewardRunner(reward_functions(cfg, accelerator.device), terms.weights[: len(terms.specs)],
                            cfg.reward.on_error, timeout_s=cfg.reward.timeout_s)
-    logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process)
+    # the logs are cut back to the step the run starts from; the logger releases the lock when it closes
+    logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process,
+                           start_step=state.step, lock=lock)
     special = special_ids(model, processor.tokenizer)
     backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
                            Sampling.of(cfg.generation), cfg.forward_mode)

@@ -13,11 +13,12 @@ from mmgrpo.config import SFTConfig, to_dict
 from mmgrpo.models.loading import load_processor
 from mmgrpo.processors.sample import PromptInputs, Sample
 from mmgrpo.trainer import checkpoint as ckpt
+from mmgrpo.trainer import runlock
 from mmgrpo.trainer.logger import MetricsLogger
 from mmgrpo.models.logprobs import batch_logprobs
 from mmgrpo.models.special import special_ids
 from mmgrpo.trainer.phases import epoch_order
-from mmgrpo.trainer.setup import build_optimizer, build_policy
+from mmgrpo.trainer.setup import build_optimizer, build_policy, check_fresh
 
 
 def target_ids(processor, sample: Sample, template: str) -> torch.Tensor:
@@ -45,6 +46,9 @@ def sft(cfg: SFTConfig) -> Path:
     from mmgrpo.processors.formats import load_samples_from_config
 
     acc = Accelerator()
+    lock = runlock.take(acc, cfg.output_dir, "mmgrpo sft")  # before anything is read or written
+    # SFT does not resume: a second run into the folder would mix two runs' checkpoints and metrics
+    check_fresh(cfg.output_dir, "`mmgrpo sft` starts a new run (it does not resume); choose a new output_dir")
     torch.manual_seed(cfg.seed)
     processor = load_processor(cfg.model.name_or_path, cfg.model.trust_remote_code)
     model = build_policy(cfg.model, cfg.lora, None, acc.device)
@@ -52,7 +56,7 @@ def sft(cfg: SFTConfig) -> Path:
     model, optimizer = acc.prepare(model, optimizer)
     samples = load_samples_from_config(cfg.data, split="train").samples
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
-    logger = MetricsLogger(cfg.output_dir, ["jsonl"], to_dict(cfg), enabled=acc.is_main_process)
+    logger = MetricsLogger(cfg.output_dir, ["jsonl"], to_dict(cfg), enabled=acc.is_main_process, lock=lock)
     state = ckpt.TrainerState(config=to_dict(cfg), kind="sft")
     pad_id = special_ids(model, processor.tokenizer).pad
     model.train()
@@ -71,8 +75,9 @@ def sft(cfg: SFTConfig) -> Path:
             logger.log(state.step, {"sft/loss": float(loss.detach()), "grad_norm": float(grad_norm), "tokens": tokens})
         if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.max_steps:
             _save(cfg, state, acc, model, processor, optimizer, sched)
-    logger.close()
-    return _save(cfg, state, acc, model, processor, optimizer, sched)
+    path = _save(cfg, state, acc, model, processor, optimizer, sched)
+    logger.close()  # releases the run lock: after the last write
+    return path
 
 
 def next_batch(state: ckpt.TrainerState, samples: list[Sample], size: int, seed: int, shuffle: bool) -> list[Sample]:
