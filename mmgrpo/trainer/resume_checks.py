@@ -128,12 +128,18 @@ def same_location(a: str, b: str) -> bool:
 
 def check_progress(state: ckpt.TrainerState, n_samples: int, cfg: TrainConfig, where: Path) -> None:
     """Every step takes prompts_per_step prompts in order, so the data position is a function of the
-    step: a mismatch means the data changed since the checkpoint (or the file was edited)."""
-    epoch, position = divmod(state.step * cfg.prompts_per_step, n_samples)
-    if (state.epoch, state.position) != (epoch, position):
-        raise ValueError(f"{where}: epoch {state.epoch}, position {state.position} do not follow from step "
-                         f"{state.step} x prompts_per_step {cfg.prompts_per_step} over {n_samples} training samples "
-                         f"(epoch {epoch}, position {position}): did data.train change since this checkpoint?")
+    step: a mismatch means the data changed since the checkpoint (or the file was edited). With DAPO's
+    dynamic sampling a step takes 1 to max_rounds rounds of prompts_per_step prompts."""
+    P, rounds = cfg.prompts_per_step, cfg.dynamic_sampling.max_rounds if cfg.dynamic_sampling.enabled else 1
+    drawn = state.epoch * n_samples + state.position  # prompts taken so far
+    if drawn % P == 0 and state.step * P <= drawn <= state.step * P * rounds and state.position < n_samples:
+        return
+    epoch, position = divmod(state.step * P, n_samples)
+    expected = f"epoch {epoch}, position {position}" if rounds == 1 else \
+        f"{state.step * P} to {state.step * P * rounds} prompts taken, in whole rounds of {P}"
+    raise ValueError(f"{where}: epoch {state.epoch}, position {state.position} do not follow from step "
+                     f"{state.step} x prompts_per_step {P} over {n_samples} training samples "
+                     f"({expected}): did data.train change since this checkpoint?")
 
 
 def restore_schedule(state: ckpt.TrainerState, sched: torch.optim.lr_scheduler.LambdaLR,
