@@ -2,8 +2,6 @@
 rounds, kept groups, rewards, losses and weights as one process with the same global batch."""
 from __future__ import annotations
 
-import pytest
-
 from mmgrpo.trainer.loop import train
 from tests.test_distributed import assert_same_run, launch_ok, metrics, rewards, task  # noqa: F401 (fixtures)
 from tests.trainer_utils import tiny_train_config

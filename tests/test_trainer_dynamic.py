@@ -1,5 +1,6 @@
 """DAPO dynamic sampling (arXiv 2503.14476 §3.2) in the trainer: flat groups replaced by new ones,
-the round cap, exact resume; the overlong term and per-objective advantage shares in the metrics."""
+the round cap, exact resume (with T-GRPO on too); the overlong term and per-objective advantage
+shares in the metrics."""
 from __future__ import annotations
 
 import json
@@ -95,11 +96,14 @@ def test_off_by_default_and_on_with_dapo():
     assert not load_config(TrainConfig, None, ["loss.preset=dapo", "dynamic_sampling.enabled=false"]).dynamic_sampling.enabled
 
 
-def test_resume_is_exact_with_dynamic_sampling(tiny_dir, task, reward, tmp_path):
-    full = train(_cfg(tiny_dir, task, reward, tmp_path / "full", "max_steps=3", "save_every=1"))
-    train(_cfg(tiny_dir, task, reward, tmp_path / "part", "max_steps=2", "save_every=1"))
-    resumed = train(_cfg(tiny_dir, task, reward, tmp_path / "part", "max_steps=3", "save_every=1",
-                         "resume_from=auto"))
+def test_resume_is_exact_with_dynamic_sampling_and_t_grpo(tiny_dir, task, reward, tmp_path):
+    """Two rounds per step (the data position advances by 8 prompts a step), T-GRPO's shuffles and
+    shuffled rollouts on: a run stopped after step 2 and resumed ends bit-identical."""
+    common = ["save_every=1", "temporal.enabled=true"]
+    full = train(_cfg(tiny_dir, task, reward, tmp_path / "full", "max_steps=3", *common))
+    train(_cfg(tiny_dir, task, reward, tmp_path / "part", "max_steps=2", *common))
+    resumed = train(_cfg(tiny_dir, task, reward, tmp_path / "part", "max_steps=3", *common, "resume_from=auto"))
+    assert _rows(tmp_path / "part")[-1]["dynamic/rounds"] == 2.0
     a, b = weights(full), weights(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _rows(tmp_path / "full")[-1]["loss"] == _rows(tmp_path / "part")[-1]["loss"]
