@@ -5,10 +5,10 @@ duplicated keys, wrong types, values out of range (NaN included) and impossible 
 with a message naming the key; nothing is read with a hidden default. A loaded config is frozen:
 code that needs a variant builds one with `dataclasses.replace`.
 
-Paper names (GRPO, Dr. GRPO, DAPO, GSPO, Reg-GRPO) are `PRESETS`: data that fills the settings a
-user left unset (`loss.preset=dapo`). The objective (`loss.objective`), the token aggregation
+Paper names (GRPO, Dr. GRPO, DAPO, GSPO, Reg-GRPO, TIC-GRPO, T-GRPO) are `PRESETS` (presets.py): data
+that fills the settings a user left unset (`loss.preset=dapo`). The objective (`loss.objective`), the token aggregation
 (`loss.aggregation`) and the advantage scaling (`advantage.scale`) are separate settings.
-This module imports no other mmgrpo module.
+This module imports no other mmgrpo module but `presets` (the paper settings, plain data).
 """
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from mmgrpo.presets import PRESETS, RENAMED  # noqa: F401 (re-exported: paper settings as data)
 
 
 class ConfigError(ValueError):
@@ -104,15 +106,76 @@ class GenerationConfig:
     top_k: int = bounded(0, ge=0)  # 0 = off
 
 
+JUDGE_TEMPLATE = (
+    "You are grading an answer to a question against the reference answer.\n"
+    "Question: {question}\nReference answer: {reference}\nAnswer to grade: {answer}\n"
+    "Reply with a score from 0 (wrong) to 10 (fully correct and equivalent to the reference) "
+    "in the form <score>N</score> and nothing else."
+)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """The LLM-as-judge reward (`judge` in reward.functions; mmgrpo/trainer/judge.py)."""
+
+    backend: Literal["openai", "hf"] = "openai"  # an OpenAI-compatible server (vLLM, SGLang, an API) or a local model
+    model: str = ""  # the served model's name (openai) or a local folder / hub id of a causal LM or VLM (hf)
+    base_url: str | None = None  # openai: None = $OPENAI_BASE_URL
+    api_key: str | None = None  # openai: None = the variable named by api_key_env (a local server takes any)
+    api_key_env: str = "OPENAI_API_KEY"
+    # placeholders {question}, {reference}, {answer} (the <answer> tag's text, else the completion), {completion}
+    template: str = JUDGE_TEMPLATE
+    # one capture group; the reply must match it exactly once, else a parse failure (counted, never 0)
+    score_pattern: str = r"<score>\s*(-?\d+(?:\.\d+)?)\s*</score>"
+    min_score: float = 0.0  # the judge's scale; a score s becomes (s - min) / (max - min) in [0, 1]
+    max_score: float = 10.0  # a score outside [min, max] is a parse failure
+    max_new_tokens: int = bounded(64, ge=1)
+    temperature: float = bounded(0.0, ge=0)  # 0 = greedy: identical queries get identical grades (cached)
+    batch_size: int = bounded(8, ge=1)  # concurrent requests (openai) / rows per generate call (hf)
+    timeout_s: float = bounded(30.0, gt=0)  # per request
+    retries: int = bounded(2, ge=0)  # further tries of a request that errored or timed out (not of a parse failure)
+    cache_size: int = bounded(4096, ge=0)  # identical queries answered from memory (LRU)
+    on_failure: Literal["skip", "raise"] = "skip"  # skip: that completion's judge reward is None (counted)
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"  # hf: the judge's weights
+
+
 @dataclass(frozen=True)
 class RewardConfig:
-    # names of built-ins (mmgrpo.trainer.rewards.REWARDS) or "path/to/file.py:function"
+    # names of built-ins (mmgrpo.trainer.rewards.REWARDS), "judge" (the `judge` section) or "path/to/file.py:function"
     functions: tuple[str, ...] = ("accuracy", "format")
     weights: tuple[float, ...] = (1.0, 0.5)
     on_error: Literal["raise", "zero"] = "raise"
     timeout_s: float = bounded(120.0, gt=0)  # per call of one function on a group; a timeout counts as an error
     numeric_tolerance: float = bounded(1e-2, ge=0)  # relative; evaluation scores with the same value
     overlong_buffer: int = bounded(64, ge=1)  # soft overlong penalty window C (DAPO §3.4)
+    # weight of DAPO's soft overlong punishment (§3.4) as one more reward term; 0 = off (or list
+    # `overlong` in functions yourself); the dapo preset sets 1
+    overlong_penalty: float = bounded(0.0, ge=0)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass(frozen=True)
+class DynamicSamplingConfig:
+    """DAPO §3.2 dynamic sampling: groups whose rewards are all equal are dropped and more prompts
+    are rolled out until the step has prompts_per_step informative groups (trainer/dynamic.py)."""
+
+    enabled: bool = False
+    max_rounds: int = bounded(4, ge=1)  # rollout rounds per step, the first included; then train on what there is
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    """T-GRPO (Video-R1, arXiv 2503.21776, eq. 1): video prompts are also rolled out on their clip
+    with the frames shuffled; when ordered accuracy p >= margin * shuffled accuracy p~ (> with
+    `strict`), every correct ordered completion gets `bonus` (trainer/temporal.py). Only the ordered
+    group trains. Defaults: Video-R1's released code (p >= 0.8 p~); its eq. 1 is margin 1, strict."""
+
+    enabled: bool = False
+    shuffled_generations: int = bounded(0, ge=0)  # completions on the shuffled clip; 0 = G // 2 (the paper)
+    margin: float = bounded(0.8, ge=0)  # mu
+    strict: bool = False  # p > margin * p~ instead of >=
+    bonus: float = bounded(0.3, ge=0)  # alpha
+    correct_above: float = bounded(0.1, ge=0)  # an accuracy above this counts as correct (Video-R1's code)
 
 
 @dataclass(frozen=True)
@@ -126,16 +189,21 @@ class AdvantageConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    objective: Literal["clipped_token", "gspo", "reg_grpo"] = "reg_grpo"  # trainer.losses.OBJECTIVES
+    objective: Literal["clipped_token", "gspo", "reg_grpo", "tic_grpo"] = "reg_grpo"  # trainer.losses.OBJECTIVES
     # a paper's settings (PRESETS) under the user's own: every field the YAML / overrides leave
-    # unset in loss / advantage takes the preset's value, e.g. loss.preset=dapo
-    preset: Literal["none", "grpo", "dr_grpo", "dapo", "gspo", "reg_grpo"] = "none"
-    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_sum_const"] = "seq_mean_token_mean"
+    # unset in the sections the preset names takes the preset's value, e.g. loss.preset=dapo
+    preset: Literal["none", "grpo", "dr_grpo", "dapo", "gspo", "reg_grpo", "tic_grpo", "t_grpo"] = "none"
+    # seq_sum: (1/G) sum_i sum_t, the sequence-level KL that Reg-GRPO's summed log-ratio pairs with
+    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_sum_const", "seq_sum"] = "seq_mean_token_mean"
     beta: float = bounded(0.0, ge=0)  # KL coefficient; 0 skips the reference forward entirely
     epsilon_low: float = bounded(0.2, ge=0, lt=1)
     epsilon_high: float = bounded(0.2, ge=0)
     reg_eps: float = bounded(1e-6, gt=0)  # Reg-GRPO: eps inside the square root (DeepVideo-R1 App. A; NaN at 0)
     reg_ratio: Literal["sum", "mean"] = "sum"  # Reg-GRPO sequence log-ratio: token sum (paper) or mean
+    # Reg-GRPO regression weight per group: "std" = its detached sqrt(var + reg_eps), so the gradient
+    # does not grow as 1/sqrt(reg_eps) on-policy and beta / lr / max_grad_norm keep their meaning;
+    # "none" = the paper's loss as written (trainer.losses.reg_grpo_loss, docs/methods.md)
+    reg_scale: Literal["std", "none"] = "std"
     # k3 KL times the (differentiable) importance ratio: unbiased reverse-KL gradient (DeepSeek-V3.2,
     # TRL's use_bias_correction_kl); False = DeepSeekMath's plain k3 (eq. 4)
     kl_importance_weight: bool = False
@@ -188,13 +256,18 @@ class EvalConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    # RL: no LoRA dropout. With several updates per rollout the old log-probs are taken without
+    # dropout and the first pass's ratios would be dropout noise (Reg-GRPO z-scores it to unit
+    # variance); `validate` refuses dropout > 0 with optim.updates_per_rollout > 1.
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.0))
     vision: VisionConfig = field(default_factory=VisionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -229,37 +302,6 @@ class SFTConfig:
     save_every: int = bounded(0, ge=0)
     log_every: int = bounded(10, ge=1)
     progress_bar: bool = True
-
-
-# Paper settings. `loss.preset=NAME` puts these under the user's own values: every key listed here
-# that the YAML / overrides do not set takes the preset's value. The trainer reads only the
-# resulting settings, never the preset's name.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # DeepSeekMath §4.1 / §5.2: clip 0.2, beta 0.04, group std normalisation, length-normalised mean
-    "grpo": {"loss": {"objective": "clipped_token", "aggregation": "seq_mean_token_mean", "epsilon_low": 0.2,
-                      "epsilon_high": 0.2, "beta": 0.04}, "advantage": {"scale": "group"}},
-    # Dr. GRPO (arXiv 2503.20783) §3.2: no std, constant (generation budget) normaliser, no KL
-    "dr_grpo": {"loss": {"objective": "clipped_token", "aggregation": "seq_sum_const", "epsilon_low": 0.2,
-                         "epsilon_high": 0.2, "beta": 0.0}, "advantage": {"scale": "none"}},
-    # DAPO (arXiv 2503.14476) §3.1 clip-higher 0.2 / 0.28, §3.3 token-level loss, no KL (§2.3)
-    "dapo": {"loss": {"objective": "clipped_token", "aggregation": "token_mean", "epsilon_low": 0.2,
-                      "epsilon_high": 0.28, "beta": 0.0}, "advantage": {"scale": "group"}},
-    # GSPO (arXiv 2507.18071) §5.1: sequence ratio clipped at 3e-4 (left) / 4e-4 (right), no KL
-    "gspo": {"loss": {"objective": "gspo", "aggregation": "seq_mean_token_mean", "epsilon_low": 3e-4,
-                      "epsilon_high": 4e-4, "beta": 0.0}, "advantage": {"scale": "group"}},
-    # DeepVideo-R1 (arXiv 2506.07464) §4, SEED-Bench-R1 runs: beta 0.1, group z-score target, sum log-ratio
-    "reg_grpo": {"loss": {"objective": "reg_grpo", "aggregation": "seq_mean_token_mean", "beta": 0.1,
-                          "reg_ratio": "sum"}, "advantage": {"scale": "group"}},
-}
-
-# Keys of earlier releases, with what replaced them (an old config fails with this hint).
-RENAMED = {
-    "loss.name": "loss.objective (clipped_token | gspo | reg_grpo) and loss.preset (a paper's settings: grpo, "
-                 "dr_grpo, dapo, gspo, reg_grpo)",
-    "loss.advantage_scale": "advantage.scale",
-    "loss.adv_eps": "advantage.eps",
-    "reward.combine": "advantage.combine",
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,9 +418,24 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     kwargs = {}
     for name, value in values.items():
         key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key)
+        if _is_dataclass_type(hints[name]) and isinstance(value, dict):
+            # a section starts from *this* field's default (TrainConfig's LoRA has no dropout,
+            # SFTConfig's optimizer its own lr), not from the section class's defaults
+            kwargs[name] = _build_over(_default(fields[name]), hints[name], value, key)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
         _check_bounds(kwargs[name], fields[name].metadata.get("bounds", {}), key)
     return cls(**kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _build_over(base: Any, cls: type, values: dict, key: str) -> Any:
+    """`cls` built from `values` (checked as `_build` does), every field not in `values` taken from `base`."""
+    built = _build(cls, values, key)
+    return dataclasses.replace(base, **{name: getattr(built, name) for name in values})
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -465,10 +522,15 @@ def validate(cfg: Any) -> None:
         if len(cfg.reward.functions) != len(cfg.reward.weights):
             raise ConfigError(f"reward.weights has {len(cfg.reward.weights)} entries for "
                               f"{len(cfg.reward.functions)} reward.functions")
+        check_reward_terms(cfg)
         if cfg.prompts_per_step % cfg.optim.grad_accum:
             raise ConfigError("prompts_per_step must be a multiple of optim.grad_accum")
         if cfg.resume_from and cfg.init_from:
             raise ConfigError("resume_from and init_from exclude each other: resume continues a run, init starts one")
+        if cfg.optim.updates_per_rollout > 1 and cfg.lora.enabled and cfg.lora.dropout > 0:
+            raise ConfigError(f"lora.dropout={cfg.lora.dropout:g} with optim.updates_per_rollout="
+                              f"{cfg.optim.updates_per_rollout}: the old log-probs are computed without dropout, so "
+                              "every ratio of the first pass would be dropout noise; set lora.dropout=0")
         if cfg.eval.every and not cfg.data.eval:
             raise ConfigError(f"eval.every={cfg.eval.every} needs held-out data: set data.eval (or eval.every=0)")
     if hasattr(cfg, "vision"):
@@ -477,3 +539,39 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"vision.min_pixels ({v.min_pixels}) > vision.max_pixels ({v.max_pixels})")
         if v.min_frames > v.max_frames:
             raise ConfigError(f"vision.min_frames ({v.min_frames}) > vision.max_frames ({v.max_frames})")
+
+
+# Seed streams of a step: the groups of dynamic sampling's rounds take 0 .. prompts_per_step x
+# max_rounds - 1; difficulty augmentation and T-GRPO offset them by multiples of this.
+MAX_STREAMS = 100_000
+
+
+def check_reward_terms(cfg: TrainConfig) -> None:
+    """The reward terms and the methods that add to them, combined as they can work."""
+    r = cfg.reward
+    if r.overlong_penalty > 0 and "overlong" in r.functions:
+        raise ConfigError("reward.overlong_penalty > 0 adds DAPO's overlong term and reward.functions lists "
+                          "`overlong` too: it would count twice; keep one")
+    if (r.overlong_penalty > 0 or "overlong" in r.functions) and r.overlong_buffer > cfg.generation.max_new_tokens:
+        raise ConfigError(f"reward.overlong_buffer ({r.overlong_buffer}) exceeds generation.max_new_tokens "
+                          f"({cfg.generation.max_new_tokens}): DAPO's overlong window must lie inside the budget")
+    if cfg.prompts_per_step * cfg.dynamic_sampling.max_rounds >= MAX_STREAMS:
+        raise ConfigError(f"prompts_per_step x dynamic_sampling.max_rounds must stay below {MAX_STREAMS} "
+                          "(each group's seed stream is its index in the step)")
+    if cfg.temporal.shuffled_generations > cfg.generation.num_generations:
+        raise ConfigError(f"temporal.shuffled_generations ({cfg.temporal.shuffled_generations}) exceeds "
+                          f"generation.num_generations ({cfg.generation.num_generations})")
+    if "judge" in r.functions:
+        j = r.judge
+        if not j.model:
+            raise ConfigError("reward.functions lists `judge`: set reward.judge.model (the served model's name, "
+                              "or a local folder with reward.judge.backend=hf)")
+        if not j.min_score < j.max_score:
+            raise ConfigError(f"reward.judge.min_score ({j.min_score:g}) must be below max_score ({j.max_score:g})")
+        rounds = -(-cfg.generation.num_generations // j.batch_size)
+        worst = j.timeout_s * (j.retries + 1) * rounds
+        if j.backend == "openai" and worst > r.timeout_s:
+            raise ConfigError(f"a judge call on a group may take up to reward.judge.timeout_s x (retries + 1) x "
+                              f"ceil(G / batch_size) = {worst:g} s, more than reward.timeout_s ({r.timeout_s:g} s), "
+                              "which would abandon the call: lower the judge's timeout or retries, or raise "
+                              "reward.timeout_s")

@@ -1,5 +1,5 @@
-"""Learning benchmark on the demo task: GRPO, Reg-GRPO, Reg-GRPO + DA, GRPO + DA, 3 seeds each,
-the same step budget. Writes docs/bench_learning.{json,md,png}.
+"""Learning benchmark on the demo task: GRPO, Reg-GRPO, Reg-GRPO + DA, GRPO + DA, T-GRPO and
+TIC-GRPO, 3 seeds each, the same step budget. Writes docs/bench_learning.{json,md,png}.
 
     python scripts/bench_learning.py [--steps 300] [--seeds 0 1 2] [--workers 2]
 
@@ -23,6 +23,10 @@ METHODS = {
     "reg_grpo": ["loss.objective=reg_grpo", "augment.enabled=false"],
     "reg_grpo+da": ["loss.objective=reg_grpo", "augment.enabled=true"],
     "grpo+da": ["loss.objective=clipped_token", "augment.enabled=true"],
+    # GRPO + Video-R1's temporal contrast (G/2 = 4 completions per clip on shuffled frames, bonus 0.3)
+    "t_grpo": ["loss.objective=clipped_token", "augment.enabled=false", "temporal.enabled=true"],
+    # trajectory-level ratio clipped from above at 1.2; on-policy: sequence-level REINFORCE
+    "tic_grpo": ["loss.objective=tic_grpo", "augment.enabled=false"],
 }
 # DA settings used for both "+da" methods: perturb easy (all-correct) groups with frame noise and
 # masking; hints for hard groups need a reasoning trace, which the demo's answer-only completions

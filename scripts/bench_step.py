@@ -175,7 +175,8 @@ def train_step(parts: PolicyParts, processor, prompts: list[PromptInputs], gen: 
                    for b, (p, r) in enumerate(zip(prompts, rollouts)))
     rewards = torch.randn(B, G, generator=torch.Generator().manual_seed(step)).double()  # [B, G] stand-in rewards
     advantages = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)  # [B, G]
-    scored = ScoredStep(groups, rewards[..., None], rewards, advantages.to(dev), torch.zeros(B, dtype=torch.bool))
+    scored = ScoredStep(groups, rewards[..., None], rewards, advantages.to(dev), torch.zeros(B, dtype=torch.bool),
+                        advantages[..., None])
     loss = LossConfig(objective="clipped_token", beta=0.04)
     settings = UpdateSettings(loss, OptimConfig(lr=1e-6), mode, gen.temperature, gen.max_new_tokens, special.pad)
     timings: dict[str, float] = {}

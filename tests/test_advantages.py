@@ -151,3 +151,41 @@ def test_unrepresentable_reward_is_refused_naming_the_group():
     # ...but huge weights can still push the combined reward past what its variance can hold
     with pytest.raises(ValueError, match=r"combined reward .* group 1 \(completion 2\)"):
         compute_advantages(rewards, [1e60], "sum_then_normalize", "group", EPS)
+
+
+def test_objective_parts_hand_computed_sum_then_normalize():
+    # accuracy [1, 0], format [1, 1], weights [1, 0.5]: totals [1.5, 0.5], mean 1, std 0.5
+    # accuracy's part: 1 * (r - 0.5) / (0.5 + eps) = [+-0.5 / 0.5001]; format's: 0.5 * (1 - 1) = 0
+    rewards = torch.tensor([[[1.0, 1.0], [0.0, 1.0]]])
+    a = compute_advantages(rewards, [1.0, 0.5], "sum_then_normalize", "group", EPS)
+    v = 0.5 / (0.5 + EPS)
+    _close(a.parts, torch.tensor([[[v, 0.0], [-v, 0.0]]]))
+    _close(a.parts.sum(-1), a.advantages)
+
+
+def test_objective_parts_hand_computed_normalize_then_sum():
+    # G = 2. accuracy [1, 0] -> group-normalised [+-0.5 / 0.5001] = +-u; format [0, 1] -> -+u;
+    # weights [1, 0.5]: parts [[u, -u/2], [-u, u/2]], summed [u/2, -u/2], batch std u/2
+    # -> parts / (u/2 + eps)
+    rewards = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    a = compute_advantages(rewards, [1.0, 0.5], "normalize_then_sum", "group", EPS)
+    u = 0.5 / (0.5 + EPS)
+    d = u / 2 + EPS
+    _close(a.parts, torch.tensor([[[u / d, -u / 2 / d], [-u / d, u / 2 / d]]]))
+    _close(a.parts.sum(-1), a.advantages)
+
+
+@pytest.mark.parametrize("combine", ["sum_then_normalize", "normalize_then_sum"])
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_objective_parts_sum_to_the_advantage(combine, scale):
+    """With None entries, an unscorable completion and a flat group: the parts add up to the
+    advantage, and are 0 wherever it is."""
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.rand(3, 4, 3, generator=gen, dtype=torch.float64)
+    rewards[0, 1, 2] = NAN  # not applicable
+    rewards[1, 2, :] = NAN  # unscorable
+    rewards[2] = 1.0  # flat group
+    a = compute_advantages(rewards, [1.0, 0.5, 2.0], combine, scale, EPS)
+    torch.testing.assert_close(a.parts.sum(-1), a.advantages, atol=1e-12, rtol=0)
+    assert (a.parts[2] == 0).all() and (a.parts[1, 2] == 0).all() and a.parts[0, 1, 2] == 0
+    assert (a.parts[0] != 0).any()

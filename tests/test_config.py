@@ -127,3 +127,23 @@ def test_duplicate_yaml_keys_are_refused(tmp_path):
 def test_sft_ranges_are_checked_too():
     with pytest.raises(ConfigError, match="^batch_size: 0 is out of range"):
         load_config(SFTConfig, None, ["batch_size=0"])
+
+
+def test_a_section_starts_from_its_fields_default():
+    """Setting one key of a section keeps that section's other defaults *as the parent declares
+    them*: SFT's optimizer lr 1e-4 and RL's LoRA dropout 0 survive `optim.grad_accum=2` / `lora.r=8`."""
+    assert load_config(SFTConfig, None, ["optim.grad_accum=2"]).optim.lr == SFTConfig().optim.lr == 1e-4
+    assert load_config(TrainConfig, None, ["lora.r=8"]).lora.dropout == TrainConfig().lora.dropout == 0.0
+
+
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "dapo", "gspo", "reg_grpo", "tic_grpo", "t_grpo"])
+def test_every_preset_is_selectable_from_yaml(tmp_path, name):
+    """A preset named in a YAML file fills exactly the settings it lists, in every section it names."""
+    from mmgrpo.config import PRESETS
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"loss:\n  preset: {name}\n")
+    cfg = load_config(TrainConfig, path)
+    for section, values in PRESETS[name].items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value, (name, section, key)

@@ -132,14 +132,18 @@ def _reg_case():
     return _inputs(logp, old, [[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]], mask, zero_std=[False, True])
 
 
-def test_reg_grpo_hand_computed():
+@pytest.mark.parametrize("reg_scale", ["none", "std"])
+def test_reg_grpo_hand_computed(reg_scale):
     x = _reg_case()
-    cfg = LossConfig(objective="reg_grpo", beta=0.0, reg_eps=1e-6, reg_ratio="sum")
+    cfg = LossConfig(objective="reg_grpo", beta=0.0, reg_eps=1e-6, reg_ratio="sum", reg_scale=reg_scale)
     out = compute_loss(x, cfg, Normalizer.local(x, 2))
     # rho = [0.4, -0.2, 0.1]; mean 0.1; centred [0.3, -0.3, 0]; var = 0.18 / 3 = 0.06
-    z = 0.3 / math.sqrt(0.06 + 1e-6)  # 1.2247346
-    expected = ((1 - z) ** 2 + (-1 + z) ** 2 + 0.0) / 3  # one contributing group: / 1
-    assert out.loss.item() == pytest.approx(expected, abs=1e-12)
+    s = math.sqrt(0.06 + 1e-6)  # 0.2449510
+    z = 0.3 / s  # 1.2247346
+    mse = ((1 - z) ** 2 + (-1 + z) ** 2 + 0.0) / 3  # 0.0336704; one contributing group: / 1
+    weight = 1.0 if reg_scale == "none" else s / 2  # "std": the group's detached std, halved
+    assert out.loss.item() == pytest.approx(weight * mse, abs=1e-12)
+    assert out.metrics["regression_mse"].item() == pytest.approx(mse, abs=1e-12)  # unweighted either way
     assert out.metrics["skipped_groups"].item() == 1.0
     out.loss.backward()
     assert torch.isfinite(x.logp.grad).all()
@@ -150,31 +154,152 @@ def test_reg_grpo_hand_computed():
     rho = torch.tensor([0.2, -0.1, 0.1], dtype=torch.float64)
     c = rho - rho.mean()
     zm = c / torch.sqrt((c**2).mean() + 1e-6)
-    assert out_mean.loss.item() == pytest.approx(((torch.tensor([1.0, -1.0, 0.0]) - zm) ** 2).mean().item())
+    wm = 1.0 if reg_scale == "none" else math.sqrt((c**2).mean().item() + 1e-6) / 2
+    assert out_mean.loss.item() == pytest.approx(wm * ((torch.tensor([1.0, -1.0, 0.0]) - zm) ** 2).mean().item())
+
+
+def test_reg_grpo_divides_by_contributing_groups_only():
+    """Two groups, the second flat: the regression is summed over contributing groups and divided by
+    their number (norm.groups = 1), not by B = 2; a divisor of 2 would halve the loss."""
+    x = _reg_case()
+    cfg = LossConfig(objective="reg_grpo", beta=0.0, reg_scale="none")
+    one = compute_loss(x, cfg, Normalizer.local(x, 2)).loss.item()
+    assert Normalizer.local(x, 2).groups == 1.0
+    assert one == pytest.approx(0.0336704, abs=1e-6)  # the contributing group's MSE (hand value above)
+    two = compute_loss(x, cfg, Normalizer(tokens=11, sequences=6, groups=2, max_completion_len=2)).loss.item()
+    assert two == pytest.approx(one / 2)
 
 
 @pytest.mark.parametrize("reg_ratio", ["sum", "mean"])
-def test_reg_grpo_on_policy_closed_form(reg_ratio):
-    """logp == old_logp: every rho = 0, var = 0. ALGORITHMS §3 pitfall 1: the gradient is
-    -(2/(G sigma)) sum_k A_k grad log pi(y_k) with sigma = sqrt(eps); per token of y_k that is
-    -(2/(G sigma)) A_k (divided by |y_k| for the token-mean ratio), finite."""
+@pytest.mark.parametrize("reg_scale", ["none", "std"])
+def test_reg_grpo_on_policy_closed_form(reg_ratio, reg_scale):
+    """logp == old_logp: every rho = 0, var = 0, s = sqrt(eps). The paper's loss (reg_scale none)
+    has gradient -(2/(G s)) sum_k A_k grad log pi(y_k): per token of y_k -(2/(G s)) A_k, 1000x at
+    eps = 1e-6 (divided by |y_k| for the token-mean ratio); with reg_scale std the weight s/2 makes
+    it -(1/G) A_k, the policy gradient, whatever eps."""
     torch.manual_seed(1)
     G, T, eps = 4, 5, 1e-6
     logp = torch.randn(1, G, T, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor([[[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]], dtype=torch.float64)
     adv = torch.tensor([[1.5, -0.5, 0.5, -1.5]], dtype=torch.float64)  # centred, as group advantages are
     x = LossInputs(logp, logp.detach(), None, adv, mask, torch.zeros(1, dtype=torch.bool))
-    cfg = LossConfig(objective="reg_grpo", beta=0.0, reg_eps=eps, reg_ratio=reg_ratio)
+    cfg = LossConfig(objective="reg_grpo", beta=0.0, reg_eps=eps, reg_ratio=reg_ratio, reg_scale=reg_scale)
     out = compute_loss(x, cfg, Normalizer.local(x, T))
-    # z = 0 everywhere: loss = mean_i A_i^2 = (2.25 + 0.25 + 0.25 + 2.25) / 4 = 1.25
-    assert out.loss.item() == pytest.approx(1.25)
-    out.loss.backward()
+    # z = 0 everywhere: mean_i A_i^2 = (2.25 + 0.25 + 0.25 + 2.25) / 4 = 1.25, times the weight
     sigma = math.sqrt(eps)
-    per_seq = -(2 / (G * sigma)) * adv[0]  # [G]
+    assert out.loss.item() == pytest.approx(1.25 if reg_scale == "none" else 1.25 * sigma / 2)
+    out.loss.backward()
+    per_seq = -(2 / (G * sigma)) * adv[0] if reg_scale == "none" else -(1 / G) * adv[0]  # [G]
     if reg_ratio == "mean":
         per_seq = per_seq / mask[0].sum(-1)
     expected = per_seq[:, None] * mask[0]  # [G, T]
     torch.testing.assert_close(logp.grad[0], expected)
+
+
+def test_reg_grpo_on_policy_is_the_policy_gradient_and_its_kl_matches_grpo():
+    """On-policy with reg_scale std and the seq_sum aggregation, Reg-GRPO's gradient (regression and
+    KL together) equals clipped_token's with the same aggregation and beta: beta means the same."""
+    torch.manual_seed(5)
+    logp = torch.randn(3, 4, 5, dtype=torch.float64)
+    mask = (torch.rand(3, 4, 5) > 0.3).double()
+    mask[..., 0] = 1
+    ref = logp + 0.3 * torch.randn(3, 4, 5, dtype=torch.float64)
+    adv = torch.randn(3, 4, dtype=torch.float64)
+    adv = adv - adv.mean(1, keepdim=True)
+    grads = []
+    for name in ("reg_grpo", "clipped_token"):
+        lp = logp.clone().requires_grad_(True)
+        x = LossInputs(lp, lp.detach(), ref, adv, mask, torch.zeros(3, dtype=torch.bool))
+        cfg = LossConfig(objective=name, aggregation="seq_sum", beta=0.1, reg_scale="std")
+        compute_loss(x, cfg, Normalizer.local(x, 5)).loss.backward()
+        grads.append(lp.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_reg_grpo_kl_is_added_and_pulls_towards_the_reference():
+    """The paper's "- beta KL" is a typo: the KL is added to the minimised loss. On-policy, one group,
+    G = 2, T = 1, advantages 0 (the regression contributes nothing):
+    ref - logp = d = [ln 2, -ln 2]; k3(d) = e^d - d - 1 = [1 - ln 2, 1/2 + ln 2 - 1] = [0.306853, 0.193147]
+    seq_sum: (1/G) sum = 0.25; loss = beta * 0.25 = 0.025 for beta 0.1.
+    d k3 / d logp = 1 - e^d = [-1, 0.5]: descending raises the token the reference likes more
+    (logp below ref) and lowers the other."""
+    logp = torch.tensor([[[math.log(0.25)], [math.log(0.5)]]], dtype=torch.float64, requires_grad=True)
+    ref = logp.detach() + torch.tensor([[[math.log(2)], [-math.log(2)]]], dtype=torch.float64)
+    x = LossInputs(logp, logp.detach(), ref, torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, 1),
+                   torch.tensor([False]))
+    cfg = LossConfig(objective="reg_grpo", aggregation="seq_sum", beta=0.1)
+    out = compute_loss(x, cfg, Normalizer.local(x, 1))
+    assert out.loss.item() == pytest.approx(0.1 * (1 - math.log(2) + 0.5 + math.log(2) - 1) / 2, abs=1e-12)
+    assert out.loss.item() > compute_loss(x, dataclasses.replace(cfg, beta=0.0), Normalizer.local(x, 1)).loss.item()
+    out.loss.backward()
+    # beta * (1 - e^d) / G: [0.1 * -1 / 2, 0.1 * 0.5 / 2]
+    assert x.logp.grad.flatten().tolist() == pytest.approx([-0.05, 0.025])
+
+
+def test_seq_sum_aggregation_hand_computed():
+    # per-token values seq0 [1, 2], seq1 [3, pad]: (1 + 2 + 3) / 2 sequences = 3
+    per_token = torch.tensor([[[1.0, 2.0], [3.0, float("nan")]]])  # [1, 2, 2]
+    norm = Normalizer(tokens=3, sequences=2, groups=1, max_completion_len=2)
+    assert aggregate(per_token, torch.tensor([[[1, 1], [1, 0]]]), "seq_sum", norm).item() == pytest.approx(3.0)
+
+
+def _tic_case():
+    """B=1, G=3, T=2, old_logp = 0, so the trajectory log-ratio is the sum of logp.
+    seq0: [ln 1.5, 0] -> w = 1.5, A=+1: clipped at 1.2 -> -1.2 (no gradient)
+    seq1: [ln 0.5, ln 0.5] -> w = 0.25, A=-1: no lower clip -> +0.25 (gradient A * w = -0.25 per token)
+    seq2: [ln 1.1, pad] -> w = 1.1, A=+1: inside -> -1.1 (gradient -1.1 on its one token)"""
+    logp = [[[math.log(1.5), 0.0], [math.log(0.5), math.log(0.5)], [math.log(1.1), NEG_INF]]]
+    return _inputs(logp, [[[0.0, 0.0]] * 3], [[1.0, -1.0, 1.0]], [[[1, 1], [1, 1], [1, 0]]])
+
+
+def test_tic_grpo_hand_computed():
+    x = _tic_case()
+    cfg = preset("tic_grpo")
+    assert (cfg.objective, cfg.epsilon_high, cfg.aggregation, cfg.beta) == ("tic_grpo", 0.2, "seq_mean_token_mean", 0.0)
+    out = compute_loss(x, cfg, Normalizer.local(x, 2))
+    # seq_mean_token_mean of sequence terms spread over tokens = mean of the terms: (-1.2 + 0.25 - 1.1) / 3
+    assert out.loss.item() == pytest.approx((-1.2 + 0.25 - 1.1) / 3, abs=1e-12)
+    assert out.metrics["clip_frac"].item() == pytest.approx(2 / 5)  # seq0's 2 of the 5 real tokens
+    out.loss.backward()
+    # d/dlogp_t of -w A = -w A (d log w / d logp_t = 1), / G = 3 sequences
+    expected = [0.0, 0.0, 0.25 / 3, 0.25 / 3, -1.1 / 3, 0.0]
+    assert x.logp.grad.flatten().tolist() == pytest.approx(expected, abs=1e-12)
+    # GRPO's token ratios on the same input: seq1's tokens r = 0.5 < 0.8 with A < 0 are clipped there
+    grpo = compute_loss(_tic_case(), LossConfig(objective="clipped_token"), Normalizer.local(x, 2))
+    assert grpo.loss.item() != pytest.approx(out.loss.item())
+
+
+def test_tic_grpo_clips_from_above_only_and_in_log_space():
+    """A trajectory log-ratio of 2000 (A > 0) is clipped before the exponential: loss -1.2, no inf, no
+    gradient; one of -2000 with A < 0 has w = e^-2000 = 0 (no lower clip lifts it to 0.8)."""
+    logp = torch.full((1, 2, 100), 20.0, dtype=torch.float32)
+    logp[0, 1] = -20.0
+    logp.requires_grad_(True)
+    x = LossInputs(logp, torch.zeros(1, 2, 100), None, torch.tensor([[1.0, -1.0]]), torch.ones(1, 2, 100),
+                   torch.tensor([False]))
+    out = compute_loss(x, preset("tic_grpo"), Normalizer.local(x, 100))
+    assert math.isfinite(out.loss.item()) and out.loss.item() == pytest.approx((-1.2 + 0.0) / 2)
+    out.loss.backward()
+    assert torch.isfinite(logp.grad).all() and logp.grad.abs().max().item() == 0.0
+    # the product of the token ratios overflows float32 where the sum of logs does not
+    assert not math.isfinite(torch.exp(torch.full((100,), 20.0)).prod().item())
+
+
+def test_tic_grpo_on_policy_is_sequence_level_reinforce():
+    """On-policy w = 1: the gradient is -(1/G) A_i per token (no 1/|y_i| as in GRPO), as
+    clipped_token's with the seq_sum aggregation."""
+    torch.manual_seed(6)
+    logp = torch.randn(2, 3, 4, dtype=torch.float64)
+    mask = (torch.rand(2, 3, 4) > 0.3).double()
+    adv = torch.randn(2, 3, dtype=torch.float64)
+    grads = []
+    for name, aggregation in (("tic_grpo", "seq_mean_token_mean"), ("clipped_token", "seq_sum")):
+        lp = logp.clone().requires_grad_(True)
+        x = LossInputs(lp, lp.detach(), None, adv, mask, torch.zeros(2, dtype=torch.bool))
+        compute_loss(x, LossConfig(objective=name, aggregation=aggregation), Normalizer.local(x, 4)).loss.backward()
+        grads.append(lp.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    torch.testing.assert_close(grads[0], -(adv / 6)[..., None] * mask)  # B * G = 6 sequences
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
@@ -228,7 +353,7 @@ def _random_inputs(seed, B=4, G=3, T=6):
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
-@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_sum_const"])
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_sum_const", "seq_sum"])
 def test_micro_batches_sum_to_full_batch(name, aggregation):
     logp, old, ref, adv, mask, zero_std = _random_inputs(4)
     cfg = LossConfig(objective=name, aggregation=aggregation, beta=0.04, epsilon_low=0.1, epsilon_high=0.1)
@@ -274,6 +399,8 @@ def test_presets_are_valid_config_settings():
     assert (dapo.objective, dapo.aggregation, dapo.epsilon_high) == ("clipped_token", "token_mean", 0.28)
     gspo = preset("gspo")
     assert (gspo.objective, gspo.epsilon_low, gspo.epsilon_high) == ("gspo", 3e-4, 4e-4)
+    reg = preset("reg_grpo")
+    assert (reg.objective, reg.aggregation, reg.reg_scale, reg.beta) == ("reg_grpo", "seq_sum", "std", 0.1)
     # the loss functions use cfg as given: a preset is never applied behind the caller's back
     x = _clip_case()
     plain = compute_loss(x, LossConfig(objective="clipped_token", aggregation="seq_mean_token_mean"),

@@ -83,7 +83,8 @@ def test_dapo_preset_trains_with_dapo_settings(tiny_dir, task, tmp_path, monkeyp
     real = update.compute_loss
     monkeypatch.setattr(update, "compute_loss", lambda x, cfg, norm: seen.append(cfg) or real(x, cfg, norm))
     cfg = tiny_train_config(tiny_dir, task, tmp_path / "run", reward_file(tmp_path), "loss.preset=dapo",
-                            "lora.enabled=false", "max_steps=1")
+                            "lora.enabled=false", "max_steps=1", "reward.overlong_buffer=2")
+    assert cfg.dynamic_sampling.enabled and cfg.reward.overlong_penalty == 1.0  # DAPO §3.2, §3.4
     final = train(cfg)
     assert seen and all((c.objective, c.epsilon_low, c.epsilon_high, c.aggregation, c.beta)
                         == ("clipped_token", 0.2, 0.28, "token_mean", 0.0) for c in seen)

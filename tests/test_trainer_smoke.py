@@ -24,9 +24,10 @@ def rewards(tmp_path_factory):
 VARIANTS = {  # paper presets; the beta of GRPO's preset gives a KL against the adapter-disabled base
     "grpo": [],  # (LoRA) or a frozen copy (full)
     "dr_grpo": [],
-    "dapo": [],
+    "dapo": ["reward.overlong_buffer=2"],  # with dynamic sampling and the overlong term (6-token budget)
     "gspo": ["optim.updates_per_rollout=2"],  # off-policy: the sequence ratio differs from 1
     "reg_grpo": ["loss.beta=0.0"],
+    "tic_grpo": ["optim.updates_per_rollout=2"],
 }
 CASES = [(name, lora, extra) for name, extra in VARIANTS.items() for lora in (True, False)] + [
     ("reg_grpo", False, ["forward_mode=repeat", "loss.beta=0.0"]),  # the prompt repeated G times, as peers do

@@ -19,8 +19,10 @@ from mmgrpo.processors.sample import PromptInputs
 
 
 class RolloutBackend(Protocol):
-    def generate(self, policy: torch.nn.Module, prompts: list[PromptInputs], seeds: list[int]) -> list[Rollout]:
-        """G completions per prompt, group b sampled from `seeds[b]`, under the current weights."""
+    def generate(self, policy: torch.nn.Module, prompts: list[PromptInputs], seeds: list[int],
+                 n: int | None = None) -> list[Rollout]:
+        """G completions per prompt (`n` instead when given, e.g. T-GRPO's G/2 on shuffled frames),
+        group b sampled from `seeds[b]`, under the current weights."""
 
     def sync(self, policy: torch.nn.Module) -> None:
         """The policy's weights changed (an optimizer step): make the next `generate` use them."""
@@ -37,13 +39,14 @@ class HFBackend:
     sampling: Sampling
     mode: str  # "shared" | "repeat"
 
-    def generate(self, policy: torch.nn.Module, prompts: list[PromptInputs], seeds: list[int]) -> list[Rollout]:
+    def generate(self, policy: torch.nn.Module, prompts: list[PromptInputs], seeds: list[int],
+                 n: int | None = None) -> list[Rollout]:
         device = prompts[0].input_ids.device if prompts else torch.device("cpu")
         generators = [torch.Generator(device).manual_seed(s) for s in seeds]
         was_training = policy.training
         policy.eval()  # no dropout while sampling
         try:
-            return generate_groups(policy, self.tokenizer, self.special, prompts, self.num_generations,
+            return generate_groups(policy, self.tokenizer, self.special, prompts, n or self.num_generations,
                                    self.sampling, generators, self.mode)
         finally:
             policy.train(was_training)

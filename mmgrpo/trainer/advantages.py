@@ -47,6 +47,7 @@ class Advantages:
     zero_std: Tensor  # [B] bool, groups whose totals are all equal (no learning signal)
     total: Tensor  # [B, G] float64 combined reward the advantages were computed from (NaN = unscorable)
     scorable: Tensor  # [B, G] bool, completions with at least one applicable reward
+    parts: Tensor  # [B, G, R] float64, each reward's share of the advantage: parts.sum(-1) == advantages
 
 
 def _check_representable(x: Tensor, allowed_nan: Tensor, what: str, bound: float) -> None:
@@ -172,6 +173,47 @@ def group_advantages(
     return adv.detach(), zero_std
 
 
+def objective_parts(
+    rewards: Tensor,  # [B, G, R] float, NaN = None
+    weights: Sequence[float] | Tensor,  # [R]
+    combine: CombineMode,
+    scale: Scale,
+    eps: float,
+    total: Tensor,  # [B, G] from combine_rewards
+    zero_std: Tensor,  # [B] bool
+    scorable: Tensor,  # [B, G] bool
+) -> Tensor:
+    """Each reward function's share of every advantage, [B, G, R], summing over R to the advantage
+    (both combinations are linear in the per-function terms once their scales are fixed):
+
+    sum_then_normalize: w_k (r_ik - mean_g r_k) / (std + eps), a None entry contributing 0 (it was
+      filled with its group mean), std the group's (or the batch's) std of the totals;
+    normalize_then_sum: w_k n_ik / (std_batch + eps), n_ik the function's own group-normalised
+      reward (0 for None); the batch mean subtracted by GDPO is 0 up to rounding (groups are
+      centred) and is left out.
+    Zero for flat groups and unscorable completions, as their advantages are.
+    """
+    rewards = rewards.to(torch.float64)  # [B, G, R]
+    w = torch.as_tensor(weights, dtype=torch.float64, device=rewards.device)  # [R]
+    none = torch.isnan(rewards)  # [B, G, R]
+    centred = rewards - _nan_mean(rewards, 1)  # [B, G, R], NaN where None
+    normalise = scale != "none"
+    if combine == "sum_then_normalize":
+        parts = torch.where(none, torch.zeros_like(centred), centred) * w  # [B, G, R]
+        if normalise:
+            std = _nan_std(total, 1 if scale == "group" else None)  # [B, 1] or [1, 1]
+            parts = parts / (std[..., None] + eps)  # [B, G, R]
+    else:
+        if normalise:
+            centred = centred / (_nan_std(rewards, 1) + eps)  # [B, G, R]
+        parts = torch.where(none, torch.zeros_like(centred), centred) * w  # [B, G, R]
+        if normalise:
+            summed = torch.where(scorable, parts.sum(-1), torch.full_like(total, float("nan")))  # [B, G]
+            parts = parts / (_nan_std(summed, None)[..., None] + eps)  # [B, G, R]
+    keep = (scorable & ~zero_std[:, None])[..., None]  # [B, G, 1]
+    return torch.where(keep, parts, torch.zeros_like(parts)).detach()  # [B, G, R]
+
+
 def compute_advantages(
     rewards: Tensor,  # [B, G, R] float, NaN = None
     weights: Sequence[float] | Tensor,  # [R]
@@ -191,4 +233,5 @@ def compute_advantages(
         adv, zero_std = group_advantages(  # [B, G], [B]
             total, scale, eps, std_normalize=std_normalize, scorable=scorable
         )
-    return Advantages(advantages=adv, zero_std=zero_std, total=total, scorable=scorable)
+    parts = objective_parts(rewards, weights, combine, scale, eps, total, zero_std, scorable)  # [B, G, R]
+    return Advantages(advantages=adv, zero_std=zero_std, total=total, scorable=scorable, parts=parts)

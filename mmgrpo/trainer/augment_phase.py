@@ -19,6 +19,7 @@ from mmgrpo.processors.sample import PromptInputs
 from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer.phases import guarded, rollout_prompts, score, totals
 from mmgrpo.trainer.records import RolloutGroup
+from mmgrpo.trainer.reward_terms import reward_terms
 from mmgrpo.trainer.setup import Run
 
 # Seed streams of augmentation work, offset from the prompt streams (global group index < 1e5).
@@ -94,7 +95,7 @@ def answer_shown_trace(run: Run, g: RolloutGroup) -> str | None:
     # scored against the original question
     probe = dataclasses.replace(probe, prompt=dataclasses.replace(probe.prompt, sample=sample))
     rewards = score(run, (probe,))[0]  # [G, R]
-    weights = torch.tensor(run.cfg.reward.weights, dtype=rewards.dtype)  # [R]
+    weights = torch.tensor(reward_terms(run.cfg).weights, dtype=rewards.dtype)  # [R]
     record_traces(run, sample.id, probe.texts, (rewards.nan_to_num(0.0) * weights).sum(1))  # [G] weighted
     return run.augment.best_trace(sample.id)
 

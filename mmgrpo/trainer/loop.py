@@ -3,8 +3,9 @@ new frozen record (trainer/records.py).
 
     for step:
         prompts         = next_prompts(run)                   # data order, whole groups per process
-        groups          = rollout(run, prompts)               # G completions per prompt (prompt encoded once)
-        rewards         = score(run, groups)                  # reward functions -> [B, G, R]
+        batch           = sample_round(run, prompts)          # G completions per prompt (prompt encoded once),
+                                                              # rewards [B, G, R], T-GRPO's temporal bonus
+        batch           = dynamic_sampling(run, batch)        # DAPO §3.2: flat groups replaced by new ones
         groups, rewards = difficulty_augment(run, ...)        # DA: harder / easier copies (DeepVideo-R1 §3.3)
         step            = advantages(run, groups, rewards)    # group-normalised advantages, once
         stats           = policy_update(parts, step, ...)     # loss + backward + optimizer step
@@ -25,9 +26,11 @@ from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.augment_phase import difficulty_augment
 from mmgrpo.trainer.metrics import step_metrics
-from mmgrpo.trainer.phases import advantages, next_prompts, rollout, score, timed
+from mmgrpo.trainer.dynamic import dynamic_sampling, sample_round, sampling_metrics
+from mmgrpo.trainer.phases import advantages, next_prompts, timed
 from mmgrpo.trainer.records import ScoredStep
 from mmgrpo.trainer.setup import Run, save, setup
+from mmgrpo.trainer.temporal import temporal_metrics
 from mmgrpo.trainer.update import policy_update
 
 
@@ -40,17 +43,15 @@ def seed_everything(seed: int) -> None:
 
 
 def train_step(run: Run, timings: dict[str, float]) -> tuple[ScoredStep, dict[str, float]]:
-    """One GRPO step: (the scored step, the update's statistics)."""
-    with timed(timings, "rollout"), dist.full_params(run.accelerator, run.model):  # FSDP / ZeRO-3: gathered
-        groups = rollout(run, next_prompts(run))
-    with timed(timings, "reward"):
-        rewards = score(run, groups)
+    """One GRPO step: (the scored step, the update's and the sampling's statistics)."""
+    batch = sample_round(run, next_prompts(run), timings)
+    batch = dynamic_sampling(run, batch, timings)
     with timed(timings, "augment"):
-        groups, rewards = difficulty_augment(run, groups, rewards)
+        groups, rewards = difficulty_augment(run, batch.groups, batch.rewards)
     step = advantages(run, groups, rewards)
     stats = policy_update(run.parts, step, run.update_settings, timings)
     run.backend.sync(run.policy)
-    return step, stats
+    return step, {**stats, **sampling_metrics(run, batch), **temporal_metrics(run, batch.temporal)}
 
 
 def train(cfg: TrainConfig, run: Run | None = None) -> Path:

@@ -17,6 +17,7 @@ global `norm` across P processes multiplies each loss by P (or all-reduces with 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -118,10 +119,17 @@ def _seq_sum_const(per_token: Tensor, mask: Tensor, norm: Normalizer) -> Tensor:
     return per_token.sum() / max(norm.sequences * norm.max_completion_len, 1.0)  # []
 
 
+def _seq_sum(per_token: Tensor, mask: Tensor, norm: Normalizer) -> Tensor:
+    # (1/G) sum_i sum_t: a sequence-level quantity, e.g. the KL of whole completions
+    # KL(pi(y|x) || pi_ref(y|x)) = sum_t KL_t, on the scale of Reg-GRPO's summed log-ratio
+    return per_token.sum() / max(norm.sequences, 1.0)  # []
+
+
 AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, Normalizer], Tensor]] = {
     "seq_mean_token_mean": _seq_mean_token_mean,
     "token_mean": _token_mean,
     "seq_sum_const": _seq_sum_const,
+    "seq_sum": _seq_sum,
 }
 
 
@@ -240,14 +248,26 @@ def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     """Reg-GRPO (DeepVideo-R1 arXiv 2506.07464 §3.2, App. A).
 
     rho_i = sum_t (logp - old_logp)   (token mean when cfg.reg_ratio == "mean", an ablation)
-    z_i   = (rho_i - mean_g rho) / sqrt(var_g rho + reg_eps)
-    L     = (1/#groups) sum_{groups, zero_std False} (1/G) sum_i (A_i - z_i)^2 + beta * KL
+    s_g   = sqrt(var_g rho + reg_eps)
+    z_i   = (rho_i - mean_g rho) / s_g
+    L     = (1/#groups) sum_{groups, zero_std False} w_g (1/G) sum_i (A_i - z_i)^2 + beta * KL
     No ratio clipping, no min. eps sits *inside* the square root: on-policy every rho_i = 0, and
-    a std computed as sqrt(var) backpropagates 0/0 = NaN (pitfall 1); with eps inside, the
-    gradient there is -(2/(G sqrt(eps))) sum_k A_k grad log pi(y_k). Groups with identical
-    rewards have target 0 and an ill-posed regression: skipped and counted (pitfall 2); the
-    divisor is `norm.groups`, the number of contributing groups in the whole step. The paper's
-    "- beta KL" is a sign typo: the KL is added to the minimised loss (a KL to subtract would reward drifting away).
+    a std computed as sqrt(var) backpropagates 0/0 = NaN. Groups with identical rewards have
+    target 0 and an ill-posed regression: skipped and counted; the divisor is `norm.groups`, the
+    number of contributing groups in the whole step. The paper's "- beta KL" is a sign typo: the
+    KL is added to the minimised loss (a KL to subtract would reward drifting away).
+
+    Deviation (cfg.reg_scale == "std", the default): each group's squared error is weighted by
+    w_g = s_g / 2, detached. The z-score makes the paper's loss invariant to the scale of rho, so
+    its gradient scales as 1/s_g: on-policy (s_g = sqrt(eps)) it is -(2/(G sqrt(eps))) sum_k A_k
+    grad log pi(y_k), 1000x REINFORCE at eps = 1e-6, and any KL term next to it vanishes after
+    gradient clipping (tiny model: KL / regression gradient 2.4e-6 at beta 0.1). With w_g the
+    on-policy gradient is -(1/G) sum_k A_k grad log pi(y_k) whatever eps: the policy gradient,
+    equal to clipped_token's with the seq_sum aggregation, so beta (with the seq_sum KL of the
+    preset), lr and max_grad_norm mean what they mean there (tiny model: KL / regression gradient
+    2.8e-2 at beta 0.1; GRPO's preset at beta 0.04: 1.0e-2). Each group's gradient keeps the
+    paper's direction; off-policy (mu > 1) groups are reweighted by their own s_g (the paper gives
+    groups whose log-ratios moved least the largest steps). reg_scale "none": the loss as written.
     """
     m = x.mask.to(x.logp.dtype)  # [B, G, T]
     log_ratio = _clean(x.logp, x.mask) - _clean(x.old_logp, x.mask).detach()  # [B, G, T]
@@ -256,12 +276,15 @@ def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
         rho = rho / m.sum(-1).clamp(min=1)  # [B, G]
     centred = rho - rho.mean(1, keepdim=True)  # [B, G]
     var = (centred**2).mean(1, keepdim=True)  # [B, 1] population variance, like the advantage's std
-    z = centred / torch.sqrt(var + cfg.reg_eps)  # [B, G]
+    scale = torch.sqrt(var + cfg.reg_eps)  # [B, 1]
+    z = centred / scale  # [B, G]
     sq = (x.advantages.detach().to(z.dtype) - z) ** 2  # [B, G]
+    weight = scale.detach()[:, 0] / 2 if cfg.reg_scale == "std" else torch.ones_like(scale[:, 0])  # [B]
     keep = ~x.zero_std.bool()  # [B]
     per_group = torch.where(keep, sq.mean(1), torch.zeros_like(sq[:, 0]))  # [B]
     kl_tok, kl_mean = _kl_term(x, cfg, torch.exp(log_ratio))  # [B, G, T], []
-    loss = per_group.sum() / max(norm.groups, 1.0) + aggregate(kl_tok, x.mask, cfg.aggregation, norm)  # []
+    regression = (weight * per_group).sum() / max(norm.groups, 1.0)  # []
+    loss = regression + aggregate(kl_tok, x.mask, cfg.aggregation, norm)  # []
     metrics = {
         "kl": kl_mean,
         "skipped_groups": (~keep).sum().detach().float(),
@@ -271,13 +294,49 @@ def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     return LossOutput(loss=loss, metrics=metrics)
 
 
-# The objectives, by `loss.objective`. Paper names (GRPO, Dr. GRPO, DAPO, GSPO, Reg-GRPO) are presets
+def tic_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
+    """TIC-GRPO (arXiv 2508.02833): one trajectory-level ratio per completion instead of token ratios,
+
+    w_i = pi_theta(y_i) / pi_old(y_i) = exp(sum_t (logp - old_logp))   (no length normalisation,
+    unlike GSPO's geometric mean), clipped from above only:
+    per completion -min(w_i A_i, min(w_i, 1 + eps_high) A_i). There is no lower clip: a
+    trajectory ratio is a product of |y| token ratios and falls far below 1 - eps routinely, where
+    a lower clip would silence every negative-advantage completion. Computed in log space: the
+    sum of log-ratios is clamped at log(1 + eps_high) before the exponential, and a product of
+    token ratios (which under- / overflows over long completions) is never formed. The A < 0
+    branch is unbounded above, as PPO's is (no dual clip).
+    The sequence term is spread over its tokens and reduced with `aggregate`, as GSPO's; with
+    seq_mean_token_mean (the preset) that is (1/G) sum_i of the sequence terms, and on-policy the
+    gradient is -(1/G) sum_i A_i sum_t grad logp_t: sequence-level REINFORCE, not GRPO's
+    length-normalised one, so TIC-GRPO differs from GRPO even with one update per rollout.
+    """
+    log_ratio = _clean(x.logp, x.mask) - _clean(x.old_logp, x.mask).detach()  # [B, G, T]
+    log_w = log_ratio.sum(-1)  # [B, G] trajectory log-ratio
+    adv = x.advantages.detach().to(log_w.dtype)  # [B, G]
+    upper = math.log1p(cfg.epsilon_high)
+    clipped = torch.clamp(log_w, max=upper)  # [B, G]
+    # min(w A, min(w, 1 + eps) A): for A >= 0 the clipped ratio, for A < 0 the ratio itself
+    chosen = torch.where(adv >= 0, clipped, log_w)  # [B, G] log of the ratio the objective uses
+    surrogate = -torch.exp(chosen) * adv  # [B, G]
+    kl_tok, kl_mean = _kl_term(x, cfg, torch.exp(log_ratio))  # [B, G, T], []; token ratios weight a token's KL
+    per_token = surrogate[..., None].expand_as(log_ratio) + kl_tok  # [B, G, T]
+    loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
+    high = ((log_w > upper) & (adv > 0))[..., None]  # [B, G, 1]
+    m = x.mask.bool()  # [B, G, T]
+    metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(),  # [] each
+               "clip_frac": _masked_mean(high.expand_as(m).float(), m),
+               "log_ratio_abs_max": log_w.detach().abs().max() if log_w.numel() else log_w.new_zeros(())}
+    return LossOutput(loss=loss, metrics=metrics)
+
+
+# The objectives, by `loss.objective`. Paper names (GRPO, Dr. GRPO, DAPO, GSPO, Reg-GRPO, TIC-GRPO) are presets
 # of settings in mmgrpo.config.PRESETS: GRPO, Dr. GRPO and DAPO share `clipped_token` and differ in
 # aggregation, advantage scaling, clip range and beta.
 OBJECTIVES: dict[str, Callable[[LossInputs, LossConfig, Normalizer], LossOutput]] = {
     "clipped_token": clipped_token_loss,
     "gspo": gspo_loss,
     "reg_grpo": reg_grpo_loss,
+    "tic_grpo": tic_grpo_loss,
 }
 
 

@@ -11,6 +11,7 @@ import torch
 
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.records import ScoredStep
+from mmgrpo.trainer.reward_terms import reward_terms
 from mmgrpo.trainer.setup import Run
 
 
@@ -20,9 +21,10 @@ class GroupStats:
 
     stream: int  # the group's seed stream: global order
     sample_id: str
-    rewards: torch.Tensor  # [G, R] per reward function, NaN = not applicable
+    rewards: torch.Tensor  # [G, R] per reward term, NaN = not applicable
     total: torch.Tensor  # [G] combined reward
     advantages: torch.Tensor  # [G]
+    parts: torch.Tensor  # [G, R] each reward term's share of the advantage
     lengths: torch.Tensor  # [G] float, completion tokens
     truncated: torch.Tensor  # [G] bool
     prompt_tokens: int
@@ -34,7 +36,7 @@ class GroupStats:
     def of(cls, step: ScoredStep, b: int) -> "GroupStats":
         g = step.groups[b]
         return cls(g.stream, g.sample_id, step.rewards[b].cpu(), step.total[b].cpu(), step.advantages[b].cpu(),
-                   g.completion_mask.sum(1).float().cpu(), g.truncated.cpu(), g.prompt.length,
+                   step.parts[b].cpu(), g.completion_mask.sum(1).float().cpu(), g.truncated.cpu(), g.prompt.length,
                    bool(step.zero_std[b]), g.augmentation, g.aug_strength)
 
 
@@ -45,23 +47,32 @@ def gather_stats(run: Run, step: ScoredStep, augmented: bool) -> list[GroupStats
     return stats if run.accelerator.num_processes == 1 else sorted(stats, key=lambda s: s.stream)
 
 
-def _name(spec: str) -> str:
-    """A short metric name for a reward function ('path/file.py:fn' -> 'fn')."""
-    return spec.rsplit(":", 1)[-1]
-
-
 def reward_metrics(run: Run, groups: list[GroupStats]) -> dict[str, float]:
     if not groups:
         return {"reward/mean": float("nan"), "reward/std": float("nan")}
     rewards = torch.cat([g.rewards for g in groups])  # [N, R]
     total = torch.cat([g.total for g in groups])  # [N]
     out = {"reward/mean": float(total.nanmean()), "reward/std": float(total[~total.isnan()].std(unbiased=False))}
-    for k, spec in enumerate(run.cfg.reward.functions):
+    for k, name in enumerate(reward_terms(run.cfg).names):
         col = rewards[:, k][~rewards[:, k].isnan()]  # [n_applicable]
-        out[f"reward/{_name(spec)}/mean"] = float(col.mean()) if len(col) else float("nan")
-        out[f"reward/{_name(spec)}/std"] = float(col.std(unbiased=False)) if len(col) else float("nan")
+        out[f"reward/{name}/mean"] = float(col.mean()) if len(col) else float("nan")
+        out[f"reward/{name}/std"] = float(col.std(unbiased=False)) if len(col) else float("nan")
     if "accuracy" in run.cfg.reward.functions:
         out["accuracy"] = out["reward/accuracy/mean"]
+    return out
+
+
+def objective_metrics(run: Run, groups: list[GroupStats]) -> dict[str, float]:
+    """Which reward drives learning: per term, the mean |advantage share| over the step's
+    completions and its share of all terms' (sum_i |A_ik| / sum_ik |A_ik|, 0 when nothing moves)."""
+    if not groups:
+        return {}
+    parts = torch.cat([g.parts for g in groups]).abs()  # [N, R]
+    whole = float(parts.sum())
+    out = {}
+    for k, name in enumerate(reward_terms(run.cfg).names):
+        out[f"advantage/{name}/abs_mean"] = float(parts[:, k].mean())
+        out[f"advantage/{name}/share"] = float(parts[:, k].sum()) / whole if whole > 0 else 0.0
     return out
 
 
@@ -87,6 +98,7 @@ def step_metrics(run: Run, step: ScoredStep, stats: dict[str, float], timings: d
         "advantage/mean": float(adv.mean()),
         "advantage/std": float(adv.std(unbiased=False)),
         "advantage/abs_mean": float(adv.abs().mean()),
+        **objective_metrics(run, everything),
         "completion/length_mean": float(lengths.mean()),
         "completion/truncated_frac": float(torch.cat([g.truncated.float() for g in everything]).mean())
         if everything else 0.0,

@@ -15,6 +15,7 @@ from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.advantages import combine_rewards, compute_advantages
 from mmgrpo.trainer.records import RolloutGroup, ScoredStep
+from mmgrpo.trainer.reward_terms import reward_terms
 from mmgrpo.trainer.setup import Run
 
 
@@ -81,13 +82,13 @@ def encode(run: Run, sample: Sample) -> PromptInputs | None:
 
 
 def rollout_prompts(run: Run, prompts: list[PromptInputs], streams: list[int], augmentation: str,
-                    strengths: list[float]) -> tuple[RolloutGroup, ...]:
-    """G completions for each prompt from the rollout backend, group b seeded by (seed, step,
-    streams[b]): its completions depend neither on the other groups nor on the process."""
+                    strengths: list[float], n: int | None = None) -> tuple[RolloutGroup, ...]:
+    """G (or `n`) completions for each prompt from the rollout backend, group b seeded by (seed,
+    step, streams[b]): its completions depend neither on the other groups nor on the process."""
     if not prompts:
         return ()
     seeds = [ckpt.step_seed(run.cfg.seed, run.state.step, s) for s in streams]
-    rollouts = run.backend.generate(run.policy, prompts, seeds)
+    rollouts = run.backend.generate(run.policy, prompts, seeds, n)
     return tuple(RolloutGroup(p, r.completion_ids, r.completion_mask, r.truncated, r.texts, s, augmentation, a)
                  for p, r, s, a in zip(prompts, rollouts, streams, strengths))
 
@@ -107,7 +108,10 @@ def reward_columns(sample: Sample) -> dict:
 
 def score(run: Run, groups: tuple[RolloutGroup, ...]) -> Tensor:
     """Reward functions over each group's completions, with the original sample's columns:
-    [B, G, R] (NaN = not applicable). Failures scored 0 (on_error=zero) are counted."""
+    [B, G, R] (NaN = not applicable), one column per reward term (reward_terms.py); T-GRPO's
+    temporal column is NaN here (the temporal phase fills it). Failures scored 0 (on_error=zero)
+    are counted, and so are a judge's failures (its counts move into the run's counters)."""
+    terms = reward_terms(run.cfg)
     out = []
     for g in groups:
         sample = g.prompt.sample
@@ -117,17 +121,26 @@ def score(run: Run, groups: tuple[RolloutGroup, ...]) -> Tensor:
                              max_completion_length=run.cfg.generation.max_new_tokens,
                              overlong_buffer=run.cfg.reward.overlong_buffer,
                              numeric_tolerance=run.cfg.reward.numeric_tolerance)
-        run.state.counters["reward_errors"] = run.state.counters.get("reward_errors", 0) + result.errors
-        out.append(result.values)  # [G, R]
-    R = len(run.cfg.reward.functions)
+        count(run, "reward_errors", result.errors)
+        values = result.values  # [G, R_fn]
+        if terms.temporal is not None:
+            values = torch.cat([values, torch.full((g.size, 1), float("nan"), dtype=values.dtype)], dim=1)  # [G, R]
+        out.append(values)
+    for fn in run.rewards.functions:  # e.g. the judge's requests, cache hits, failures
+        for key, n in (fn.pop_counts() if hasattr(fn, "pop_counts") else {}).items():
+            count(run, key, n)
     G = run.cfg.generation.num_generations
-    return torch.stack(out) if out else torch.zeros(0, G, R)  # [B, G, R]
+    return torch.stack(out) if out else torch.zeros(0, G, terms.count, dtype=torch.float64)  # [B, G, R]
+
+
+def count(run: Run, key: str, n: int) -> None:
+    run.state.counters[key] = run.state.counters.get(key, 0) + int(n)
 
 
 def totals(run: Run, rewards: Tensor) -> Tensor:
     """One reward per completion, [B, G]: the weighted sum, a None entry counted at its function's
     group mean (what the difficulty scheduler and the reward curves read)."""
-    total, _ = combine_rewards(rewards, run.cfg.reward.weights, "sum_then_normalize")  # [B, G]
+    total, _ = combine_rewards(rewards, reward_terms(run.cfg).weights, "sum_then_normalize")  # [B, G]
     return total
 
 
@@ -138,9 +151,9 @@ def advantages(run: Run, groups: tuple[RolloutGroup, ...], rewards: Tensor) -> S
     everything, rows = dist.global_rewards(run.accelerator, [g.stream for g in groups], list(rewards))  # [B_all, G, R]
     if everything is None:  # no group on any process
         empty = torch.zeros(0, run.cfg.generation.num_generations)
-        return ScoredStep((), rewards, empty, empty, torch.zeros(0, dtype=torch.bool))
-    a = compute_advantages(everything, run.cfg.reward.weights, run.cfg.advantage.combine, run.cfg.advantage.scale,
-                           run.cfg.advantage.eps)
+        return ScoredStep((), rewards, empty, empty, torch.zeros(0, dtype=torch.bool), rewards.clone())
+    a = compute_advantages(everything, reward_terms(run.cfg).weights, run.cfg.advantage.combine,
+                           run.cfg.advantage.scale, run.cfg.advantage.eps)
     idx = torch.tensor(rows, dtype=torch.long, device=a.advantages.device)  # [B] this process's rows
     return ScoredStep(groups=groups, rewards=rewards, total=totals(run, rewards), advantages=a.advantages[idx],
-                      zero_std=a.zero_std[idx])
+                      zero_std=a.zero_std[idx], parts=a.parts[idx])

@@ -1,7 +1,9 @@
 """The step's data: frozen records, each returned by the phase that makes it and never changed.
 
-    rollout     -> RolloutGroup per prompt       (a prompt and its G completions)
-    score       -> rewards [B, G, R]             (one column per reward function)
+    rollout     -> RolloutGroup per prompt       (a prompt and its G completions; T-GRPO's shuffled ones)
+    score       -> rewards [B, G, R]             (one column per reward term)
+    temporal    -> TemporalContrast per video    (T-GRPO's bonus column filled)
+    dynamic     -> SampledBatch                  (DAPO: flat groups replaced by new ones)
     augment     -> more RolloutGroups + rewards  (DA's harder / easier copies)
     advantages  -> ScoredStep                    (rewards, totals, advantages, zero-std flags, once)
     update      -> statistics
@@ -40,6 +42,31 @@ class RolloutGroup:
 
 
 @dataclass(frozen=True)
+class TemporalContrast:
+    """T-GRPO's comparison for one video prompt (Video-R1 eq. 1): its ordered group against G/2
+    completions on the same clip with the frames shuffled (trainer/temporal.py)."""
+
+    stream: int  # the ordered group's stream
+    order: tuple[tuple[int, ...], ...]  # per video of the prompt, the frame order shown (a non-identity permutation)
+    ordered_accuracy: float  # p: mean accuracy of the ordered completions
+    shuffled_accuracy: float  # p~: mean accuracy of the shuffled completions
+    applied: bool  # p >= margin * p~: the correct ordered completions got the bonus
+
+
+@dataclass(frozen=True)
+class SampledBatch:
+    """A step's groups rolled out and scored, before augmentation: one round (dynamic.sample_round)
+    or several when DAPO's dynamic sampling refilled flat groups (dynamic.dynamic_sampling)."""
+
+    groups: tuple[RolloutGroup, ...]  # this process's groups, by stream
+    rewards: Tensor  # [B, G, R] one column per reward term (reward_terms.py)
+    temporal: tuple[TemporalContrast | None, ...]  # [B] T-GRPO's contrast per group, None without one
+    rounds: int = 1  # rollout rounds of the step
+    sampled: int = 0  # groups rolled out in all rounds, all processes (dynamic sampling only)
+    informative: int = 0  # of those, groups whose rewards are not all equal
+
+
+@dataclass(frozen=True)
 class ScoredStep:
     """Everything the update needs of a step, computed once over the final batch (originals and DA
     copies): with several processes the advantage statistics are the global batch's, the tensors
@@ -50,6 +77,7 @@ class ScoredStep:
     total: Tensor  # [B, G] combined reward (weighted sum, None entries at the group mean)
     advantages: Tensor  # [B, G] no grad
     zero_std: Tensor  # [B] bool, all G rewards equal: no learning signal
+    parts: Tensor  # [B, G, R] each reward term's share of the advantage (sums over R to `advantages`)
 
     @property
     def originals(self) -> tuple[RolloutGroup, ...]:

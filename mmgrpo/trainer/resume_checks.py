@@ -24,7 +24,10 @@ from mmgrpo.trainer import checkpoint as ckpt
 # schedule to the new length from the resumed step on. The vision caches only hold results.
 CHANGEABLE = ("max_steps", "save_every", "save_total_limit", "log_every", "sample_every", "eval", "report_to",
               "progress_bar", "resume_from", "output_dir", "vision.cache_size", "vision.prompt_cache_size",
-              "vision.disk_cache")
+              "vision.disk_cache",
+              # how the LLM judge is reached, not what it grades with (reward.judge.model, template, ... are fixed)
+              "reward.judge.base_url", "reward.judge.api_key", "reward.judge.api_key_env", "reward.judge.timeout_s",
+              "reward.judge.retries", "reward.judge.batch_size", "reward.judge.cache_size")
 # Not compared: resume_from and init_from exclude each other in a config, so a resume's init_from is
 # unset and the run's recorded one is used (setup.run_init), checked against the adapter below.
 RUN_ONLY = ("init_from",)
@@ -125,12 +128,18 @@ def same_location(a: str, b: str) -> bool:
 
 def check_progress(state: ckpt.TrainerState, n_samples: int, cfg: TrainConfig, where: Path) -> None:
     """Every step takes prompts_per_step prompts in order, so the data position is a function of the
-    step: a mismatch means the data changed since the checkpoint (or the file was edited)."""
-    epoch, position = divmod(state.step * cfg.prompts_per_step, n_samples)
-    if (state.epoch, state.position) != (epoch, position):
-        raise ValueError(f"{where}: epoch {state.epoch}, position {state.position} do not follow from step "
-                         f"{state.step} x prompts_per_step {cfg.prompts_per_step} over {n_samples} training samples "
-                         f"(epoch {epoch}, position {position}): did data.train change since this checkpoint?")
+    step: a mismatch means the data changed since the checkpoint (or the file was edited). With DAPO's
+    dynamic sampling a step takes 1 to max_rounds rounds of prompts_per_step prompts."""
+    P, rounds = cfg.prompts_per_step, cfg.dynamic_sampling.max_rounds if cfg.dynamic_sampling.enabled else 1
+    drawn = state.epoch * n_samples + state.position  # prompts taken so far
+    if drawn % P == 0 and state.step * P <= drawn <= state.step * P * rounds and state.position < n_samples:
+        return
+    epoch, position = divmod(state.step * P, n_samples)
+    expected = f"epoch {epoch}, position {position}" if rounds == 1 else \
+        f"{state.step * P} to {state.step * P * rounds} prompts taken, in whole rounds of {P}"
+    raise ValueError(f"{where}: epoch {state.epoch}, position {state.position} do not follow from step "
+                     f"{state.step} x prompts_per_step {P} over {n_samples} training samples "
+                     f"({expected}): did data.train change since this checkpoint?")
 
 
 def restore_schedule(state: ckpt.TrainerState, sched: torch.optim.lr_scheduler.LambdaLR,

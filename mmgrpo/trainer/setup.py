@@ -217,7 +217,8 @@ def check_unique_ids(split: str, samples: list[Sample]) -> None:
 def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     from mmgrpo.processors.cache import MediaCache
     from mmgrpo.processors.encode import PromptEncoder
-    from mmgrpo.trainer.rewards import RewardRunner, load_reward
+    from mmgrpo.trainer.reward_terms import reward_functions, reward_terms
+    from mmgrpo.trainer.rewards import RewardRunner
 
     accelerator = accelerator or dist.make_accelerator("fp16" if cfg.model.dtype == "fp16" else "no")
     dist.check_supported(accelerator, cfg)
@@ -249,8 +250,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
         # loading, the resumed checkpoint's totals) is counted once, by the main process
         state.counters = {k: 0 for k in state.counters}
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
-    rewards = RewardRunner([load_reward(f) for f in cfg.reward.functions], cfg.reward.weights, cfg.reward.on_error,
-                           timeout_s=cfg.reward.timeout_s)
+    terms = reward_terms(cfg)
+    rewards = RewardRunner(reward_functions(cfg, accelerator.device), terms.weights[: len(terms.specs)],
+                           cfg.reward.on_error, timeout_s=cfg.reward.timeout_s)
     # the logs are cut back to the step the run starts from; the logger releases the lock when it closes
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process,
                            start_step=state.step, lock=lock)
