@@ -95,7 +95,8 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path 
     elif start_from is not None:
         base = str(start_from)
     model = load_model(base, model_cfg.dtype, device, adapter=adapter, trainable=adapter is not None,
-                       attn_implementation=model_cfg.attn_implementation, trust_remote_code=model_cfg.trust_remote_code)
+                       attn_implementation=model_cfg.attn_implementation, trust_remote_code=model_cfg.trust_remote_code,
+                       family=model_cfg.family)
     return prepare_policy(model, model_cfg, lora_cfg)
 
 
