@@ -216,3 +216,26 @@ def test_rollout_logprobs_eval_and_infer_agree(family_model, name):
         for mode in ("shared", "repeat"):
             got = batch_logprobs(model, [prompt], [ids], [mask], mode, 1.0, special.pad)[0][0]
             assert (got.double() - want).abs().max() <= 1e-4, mode
+
+
+def test_cache_family_falls_back_under_gradient_checkpointing(policy, monkeypatch, caplog):
+    """transformers drops the cache of checkpointed layers in a training forward, so a cache family
+    then runs shared mode as repeated rows (vision tower once), says so in the log, and still
+    equals the direct forwards."""
+    from mmgrpo.models import logprobs as logprobs_mod
+
+    model, processor = policy("qwen3_5")
+    model = copy.deepcopy(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    assert shared_layout(model) == "repeat rows (gradient checkpointing drops the prompt's cache)"
+    with torch.no_grad():
+        assert shared_layout(model) == "cache"  # no backward to replay: the cache path runs
+    monkeypatch.setattr(logprobs_mod, "_warned", set())
+    prompt = as_double(make_prompt(processor, ["video"]))
+    ids, mask = make_completions(processor, [5, 2], width=5)
+    with caplog.at_level("WARNING", logger="mmgrpo.models.logprobs"):
+        out = lp(model, processor, [prompt], [ids], [mask], "shared")[0]
+    assert "Qwen3.5 runs as repeat rows (gradient checkpointing" in caplog.text
+    with torch.no_grad():
+        assert rel_err(out, direct_logprobs(model, prompt, ids, mask)) <= tolerances("qwen3_5")[0]

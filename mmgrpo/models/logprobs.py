@@ -38,12 +38,15 @@ log = logging.getLogger(__name__)
 _warned: set[str] = set()
 
 
-def shared_layout(model: torch.nn.Module) -> str:
-    """How `shared` mode runs on this model now: "mask", "cache", or "repeat rows (why)"."""
+def shared_layout(model: torch.nn.Module, training: bool | None = None) -> str:
+    """How `shared` mode runs on this model: "mask", "cache", or "repeat rows (why)"; for a forward
+    with gradients in train mode (`training`), or as the model is now (None)."""
     family = family_of(model)
     if family.shared_prefix == "mask":
         return "mask" if supports_4d_mask(model) else "repeat rows (this attention implementation takes no 4-D mask)"
-    checkpointing = base_model(model).is_gradient_checkpointing and model.training and torch.is_grad_enabled()
+    if training is None:
+        training = model.training and torch.is_grad_enabled()
+    checkpointing = base_model(model).is_activation_checkpointing and training
     return "repeat rows (gradient checkpointing drops the prompt's cache)" if checkpointing else "cache"
 
 

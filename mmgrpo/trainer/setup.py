@@ -16,7 +16,9 @@ from transformers import ProcessorMixin
 from mmgrpo.config import LoraConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from mmgrpo.models.backends import RolloutBackend, make_backend
 from mmgrpo.models.generate import Sampling
+from mmgrpo.models.families import family_of
 from mmgrpo.models.loading import load_model, load_processor
+from mmgrpo.models.logprobs import shared_layout
 from mmgrpo.models.lora import prepare_policy, trainable_parameters
 from mmgrpo.models.reference import Reference, frozen, make_reference
 from mmgrpo.models.special import SpecialIds, special_ids
@@ -210,6 +212,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
                            timeout_s=cfg.reward.timeout_s)
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process)
     special = special_ids(model, processor.tokenizer)
+    if accelerator.is_main_process:  # how one prompt serves its group, in the run's log
+        layout = shared_layout(model, training=True) if cfg.forward_mode == "shared" else "repeat rows"
+        print(f"[mmgrpo] {family_of(model).title}: forward_mode={cfg.forward_mode}, log-prob forward by {layout}")
     backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
                            Sampling.of(cfg.generation), cfg.forward_mode)
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
