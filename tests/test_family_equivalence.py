@@ -239,3 +239,35 @@ def test_cache_family_falls_back_under_gradient_checkpointing(policy, monkeypatc
     assert "Qwen3.5 runs as repeat rows (gradient checkpointing" in caplog.text
     with torch.no_grad():
         assert rel_err(out, direct_logprobs(model, prompt, ids, mask)) <= tolerances("qwen3_5")[0]
+
+
+@pytest.mark.parametrize("name", [n for n, f in FAMILIES.items() if f.shared_prefix == "cache"])
+def test_finished_rows_leave_the_recurrent_cache(family_model, name):
+    """With EOS made likely, completions end at different steps and their rows leave the cache
+    (conv and recurrent states too): each group still samples exactly what it samples alone, and
+    every token is among the top 3 of a plain forward of its own [prompt | completion]."""
+    from tests.test_model_generate import with_logit_bias
+
+    model, processor = family_model(name)
+    model = with_logit_bias(model, {processor.tokenizer.convert_tokens_to_ids("<|im_end|>"): 0.55})
+    special = special_ids(model, processor.tokenizer)
+    prompts = [make_prompt(processor, k, seed=b) for b, k in enumerate([["video"], ["image"], ["image", "video"]])]
+    s = Sampling(12, temperature=1.0, top_p=1.0, top_k=3)
+    seeds = [torch.Generator().manual_seed(10 + b) for b in range(3)]
+    batched = generate_groups(model, processor.tokenizer, special, prompts, 4, s, seeds, "shared")
+    lengths = torch.cat([r.completion_mask.sum(1) for r in batched]).tolist()
+    assert len(set(lengths)) > 3  # rows really left the cache at different steps
+    for b in range(3):
+        alone = generate_groups(model, processor.tokenizer, special, prompts[b : b + 1], 4, s,
+                                [torch.Generator().manual_seed(10 + b)], "shared")[0]
+        assert torch.equal(batched[b].completion_ids, alone.completion_ids), b
+    r, p = batched[0], prompts[0]
+    with torch.no_grad():
+        for g in range(4):
+            n = int(r.completion_mask[g].sum())
+            seq = torch.cat([p.input_ids[0], r.completion_ids[g, :n]]).view(1, -1)
+            types = torch.cat([p.mm_token_type_ids[0], torch.zeros(n, dtype=torch.long)]).view(1, -1)
+            logits = model(input_ids=seq, mm_token_type_ids=types, position_ids=full_sequence_positions(model, p, n),
+                           **p.vision.as_kwargs()).logits[0, p.length - 1 : -1]  # [n, V]
+            logits[:, list(special.banned)] = float("-inf")
+            assert (logits.topk(3, dim=-1).indices == r.completion_ids[g, :n, None]).any(-1).all(), g
