@@ -264,3 +264,29 @@ def test_router_loss_of_moe_families(family_model, name):
     with pytest.raises(ValueError, match="no experts"):
         with routing(dense):
             pass
+
+
+def test_expert_lora_merges_and_verifies(family_dir, tmp_path, capsys):
+    """LoRA on fused MoE experts (PEFT ParamWrapper) merges into the expert weights: the export loads
+    with the family's class in a fresh process and its logits equal base + adapter."""
+    from transformers import AutoModelForImageTextToText
+
+    from mmgrpo.models.export import merge_main
+    from mmgrpo.models.lora import apply_lora
+
+    base = family_dir("qwen3_vl_moe")
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32)
+    peft_model = apply_lora(model, LoraConfig(r=2, alpha=4, dropout=0.0, experts=True), train_vision=False)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    adapter = tmp_path / "checkpoint-1"
+    peft_model.save_pretrained(adapter)
+    assert merge_main(["--adapter", str(adapter), "--out", str(tmp_path / "merged")]) == 0
+    out = capsys.readouterr().out
+    assert "(Qwen3VLMoeForConditionalGeneration)" in out and "OK:" in out
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged", dtype=torch.float32).state_dict()
+    original = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32).state_dict()
+    experts = "model.language_model.layers.0.mlp.experts.gate_up_proj"
+    assert not torch.equal(merged[experts], original[experts])  # the expert update is in the merged weights
