@@ -290,3 +290,21 @@ def test_expert_lora_merges_and_verifies(family_dir, tmp_path, capsys):
     original = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.float32).state_dict()
     experts = "model.language_model.layers.0.mlp.experts.gate_up_proj"
     assert not torch.equal(merged[experts], original[experts])  # the expert update is in the merged weights
+
+
+def test_router_loss_reaches_the_training_step(family_dir, tmp_path):
+    """model.router_aux_loss_coef adds the load-balancing loss to an RL step of a MoE model (logged
+    as moe/aux_loss); a dense model refuses the setting at setup."""
+    from mmgrpo.trainer.loop import train
+    from tests.trainer_utils import reward_file, small_task, tiny_train_config
+
+    task, rewards = small_task(tmp_path / "task"), reward_file(tmp_path)
+    cfg = tiny_train_config(family_dir("qwen3_vl_moe"), task, tmp_path / "run", rewards, "max_steps=1",
+                            "model.router_aux_loss_coef=0.01", "lora.enabled=false")
+    train(cfg)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["moe/aux_loss"] > 0
+    dense = tiny_train_config(family_dir("qwen3_vl"), task, tmp_path / "dense", rewards, "max_steps=1",
+                              "model.router_aux_loss_coef=0.01")
+    with pytest.raises(ValueError, match="Qwen3-VL has no experts"):
+        train(dense)
