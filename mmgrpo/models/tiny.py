@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, PretrainedConfig, Qwen2Tokenizer
+from transformers import GenerationConfig, PretrainedConfig
 
 from mmgrpo.models.families import FAMILIES, family_named
 from mmgrpo.models.loading import save_processor_files
@@ -134,7 +134,7 @@ def build_tokenizer(spec: TinySpec, family: str = DEFAULT_FAMILY):
     )
     bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     vocab, merges = _vocab_and_merges(bpe)
-    cls = getattr(transformers, "Qwen3_5Tokenizer") if family.startswith("qwen3_5") else Qwen2Tokenizer
+    cls = getattr(transformers, TOKENIZERS[family])
     tok = cls(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
               additional_special_tokens=SPECIAL_TOKENS)
     tok.add_tokens(TAG_TOKENS)
@@ -151,6 +151,9 @@ def _vocab_and_merges(bpe: Tokenizer) -> tuple[dict[str, int], list[tuple[str, s
 
 CHAT_TEMPLATES = {name: QWEN3_CHAT_TEMPLATE if f.video_time == "timestamps" else CHAT_TEMPLATE
                   for name, f in FAMILIES.items()}
+# the tokenizer class each family's checkpoints name (Qwen3.5 has its own pre-tokenizer)
+TOKENIZERS = {"qwen2_vl": "Qwen2Tokenizer", "qwen2_5_vl": "Qwen2Tokenizer", "qwen3_vl": "Qwen2Tokenizer",
+              "qwen3_vl_moe": "Qwen2Tokenizer", "qwen3_5": "Qwen3_5Tokenizer", "qwen3_5_moe": "Qwen3_5Tokenizer"}
 VIDEO_PROCESSORS = {"Qwen2VLProcessor": "Qwen2VLVideoProcessor", "Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor",
                     "Qwen3VLProcessor": "Qwen3VLVideoProcessor"}
 
@@ -255,7 +258,7 @@ TINY_CONFIGS: dict[str, Callable[[TinySpec, object], PretrainedConfig]] = {
     "qwen2_vl": qwen2_vl_config, "qwen2_5_vl": qwen2_5_vl_config, "qwen3_vl": qwen3_vl_config,
     "qwen3_vl_moe": qwen3_vl_moe_config, "qwen3_5": qwen3_5_config, "qwen3_5_moe": qwen3_5_moe_config,
 }
-assert set(TINY_CONFIGS) == set(FAMILIES), "every family has a tiny model"
+assert set(TINY_CONFIGS) == set(TOKENIZERS) == set(FAMILIES), "every family has a tiny model"
 
 
 def build_config(spec: TinySpec, tok, family: str = DEFAULT_FAMILY) -> PretrainedConfig:
