@@ -1,8 +1,9 @@
-"""`mmgrpo check-data DATA... [--model M] [--config C.yaml] [--report out.jsonl] [--allow-bad]`
+"""`mmgrpo check-data DATA... [--model M | --family F] [--config C.yaml] [--report out.jsonl] [--allow-bad]`
 
 Loads every sample through the processors before a run does: rows are parsed, every media file is
 decoded at the budget and, with `--model`, the prompt goes through that model's processor (chat
-template, fit to `max_prompt_length`). One JSON line per sample; a summary with the bad samples by
+template, fit to `max_prompt_length`). Without a model, media are sized on the patch grid of
+`--family` (default Qwen2.5-VL's) and only vision tokens are counted. One JSON line per sample; a summary with the bad samples by
 reason and token-count percentiles. Exit status 1 when any sample is bad, unless `--allow-bad`.
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mmgrpo.config import TrainConfig, VisionConfig, load_config
-from mmgrpo.processors.budget import vision_tokens
+from mmgrpo.models.families import FAMILIES
+from mmgrpo.processors.budget import Grid, vision_tokens
 from mmgrpo.processors.cache import MediaCache
 from mmgrpo.processors.encode import PromptEncoder, count_tokens, decode_media
 from mmgrpo.processors.formats import load_samples
@@ -45,13 +47,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mmgrpo check-data", description=__doc__.split("\n\n")[1])
     p.add_argument("data", nargs="+", help="JSONL / JSON / parquet files or datasets folders")
     p.add_argument("--model", help="model folder or hub id whose processor to use")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl",
+                   help="without --model: the family whose patch grid sizes the media (default qwen2_5_vl)")
     p.add_argument("--config", help="training YAML whose vision / data settings to use")
     p.add_argument("--report", help="write one JSON line per sample here")
     p.add_argument("--allow-bad", action="store_true", help="exit 0 even when samples are bad")
     return p.parse_args(argv)
 
 
-def check_sample(sample: Sample, encoder: PromptEncoder | None, vision: VisionConfig, cache: MediaCache) -> Record:
+def check_sample(sample: Sample, encoder: PromptEncoder | None, vision: VisionConfig, cache: MediaCache,
+                 grid: Grid = Grid()) -> Record:
     """Encode (with a processor) or decode (without) one sample; errors become a bad Record."""
     try:
         if encoder is not None:
@@ -59,10 +64,10 @@ def check_sample(sample: Sample, encoder: PromptEncoder | None, vision: VisionCo
             counts = count_tokens(inputs)
             return Record(id=sample.id, ok=True, source=sample.source, **counts, total=inputs.length,
                           frames=inputs.num_frames, resolution=[list(r) for r in inputs.resolutions])
-        media = [decode_media(m, vision, cache) for m in sample.media]
+        media = [decode_media(m, vision, cache, grid) for m in sample.media]
         tokens = {"image": 0, "video": 0}
         for m in media:
-            tokens[m.kind] += vision_tokens(*m.frames.shape[:1], *m.frames.shape[2:])  # (T, H, W)
+            tokens[m.kind] += vision_tokens(*m.frames.shape[:1], *m.frames.shape[2:], grid)  # (T, H, W)
         return Record(id=sample.id, ok=True, source=sample.source, **tokens,
                       frames=[int(m.frames.shape[0]) for m in media if m.kind == "video"],
                       resolution=[[int(m.frames.shape[2]), int(m.frames.shape[3])] for m in media])
@@ -109,7 +114,7 @@ def main(argv: list[str]) -> int:
             return 2
         for e in result.skipped:
             records.append(Record(id=e.sample_id or e.sample_ref, ok=False, source=str(path), error=str(e), kind=e.kind))
-        records += [check_sample(s, encoder, cfg.vision, cache) for s in result.samples]
+        records += [check_sample(s, encoder, cfg.vision, cache, FAMILIES[args.family].grid) for s in result.samples]
     if args.report:
         with open(args.report, "w") as f:
             for r in records:

@@ -12,7 +12,7 @@ COMMANDS = {
     "merge": ("mmgrpo.models.export", "merge_main", "merge a LoRA checkpoint into a plain HF model folder"),
     "infer": ("mmgrpo.models.infer", "infer_main", "one-shot inference on a video/image question"),
     "eval": ("mmgrpo.eval.cli", "main", "evaluate a model on multimodal QA benchmarks"),
-    "tiny-model": ("mmgrpo.models.cli", "tiny_main", "write a tiny random Qwen2.5-VL model folder"),
+    "tiny-model": ("mmgrpo.models.cli", "tiny_main", "write a tiny random model folder: mmgrpo tiny-model OUT --family NAME"),
     "check-data": ("mmgrpo.check_data", "main", "load every sample through the processors and report"),
 }
 

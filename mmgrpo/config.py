@@ -39,9 +39,19 @@ def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, l
     return field(default=default, metadata={"bounds": bounds})
 
 
+# config.json model_types of the supported families (the rows of mmgrpo.models.families.FAMILIES)
+Family = Literal["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = "Qwen/Qwen2.5-VL-3B-Instruct"  # hub id or local folder
+    # "auto": the family config.json's model_type names; a family name must match it (a check), and
+    # picks the tiny model `mmgrpo demo` builds
+    family: Literal["auto"] | Family = "auto"
+    # MoE families: weight of the router's load-balancing loss (Switch Transformer) added to the loss;
+    # 0 = none (the RL objective alone). Refused for dense families
+    router_aux_loss_coef: float = bounded(0.0, ge=0)
     trust_remote_code: bool = False
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     attn_implementation: str = "sdpa"
@@ -55,8 +65,11 @@ class LoraConfig:
     r: int = bounded(16, ge=1)
     alpha: int = bounded(32, ge=1)
     dropout: float = bounded(0.05, ge=0, lt=1)
-    # Language-model projections only; the vision tower's are excluded by path (models.lora)
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # Language-model projections (module names); empty = the family's own list (models.families:
+    # attention and MLP, Qwen3.5's linear-attention projections too). The vision tower's are excluded by path
+    target_modules: tuple[str, ...] = ()
+    # MoE families: LoRA on the fused expert weights too (PEFT target_parameters; needs dropout 0)
+    experts: bool = False
 
 
 @dataclass(frozen=True)
@@ -533,6 +546,9 @@ def validate(cfg: Any) -> None:
                               "every ratio of the first pass would be dropout noise; set lora.dropout=0")
         if cfg.eval.every and not cfg.data.eval:
             raise ConfigError(f"eval.every={cfg.eval.every} needs held-out data: set data.eval (or eval.every=0)")
+    if hasattr(cfg, "lora") and cfg.lora.enabled and cfg.lora.experts and cfg.lora.dropout:
+        raise ConfigError(f"lora.experts=true needs lora.dropout=0 (got {cfg.lora.dropout}): PEFT cannot apply "
+                          "dropout to fused expert weights")
     if hasattr(cfg, "vision"):
         v = cfg.vision
         if v.min_pixels > v.max_pixels:

@@ -9,8 +9,13 @@ encoded prompts; encoding is the same in both modes).
 
     python scripts/bench_step.py                      # CPU, tiny model, ~4 minutes on 2 cores
     python scripts/bench_step.py --device cuda --preset qwen2_5_vl_3b
+    python scripts/bench_step.py --families all --shapes a --out-json docs/bench_step_families.json \
+        --out-md docs/bench_step_families.md         # the video shape on the tiny model of every family
 
-Writes docs/bench_step.json and docs/bench_step.md (with --out-json / --out-md elsewhere).
+Writes docs/bench_step.json and docs/bench_step.md (with --out-json / --out-md elsewhere). With
+several families (`--families`), the tiny preset runs each family's tiny model (models.tiny) at the
+same sizes and the report adds one row per family; frame sides are given on a 28-pixel grid and
+scaled to the family's (32 pixels for Qwen3-VL / Qwen3.5), so every family sees the same tokens.
 Memory on CPU: peak RSS of the child process during the steps (the kernel's high-water mark is
 reset through /proc/self/clear_refs just before the first step, then read with getrusage), minus
 the RSS at that point (model, optimizer, prompts loaded). On CUDA: torch's peak allocated memory
@@ -34,16 +39,23 @@ import torch
 
 from mmgrpo.config import GenerationConfig, LoraConfig, LossConfig, ModelConfig, OptimConfig, VisionConfig
 from mmgrpo.models.backends import HFBackend
+from mmgrpo.models.families import FAMILIES
+from mmgrpo.models.logprobs import shared_layout
 from mmgrpo.models.generate import Rollout, Sampling
 from mmgrpo.models.lora import prepare_policy, trainable_parameters
 from mmgrpo.models.reference import make_reference
 from mmgrpo.models.special import special_ids
+from mmgrpo.processors.budget import Grid
 from mmgrpo.processors.encode import LoadedMedia, PromptEncoder, count_tokens
 from mmgrpo.processors.sample import Media, PromptInputs, Sample
 from mmgrpo.trainer.records import RolloutGroup, ScoredStep
 from mmgrpo.trainer.update import PolicyParts, UpdateSettings, policy_update
 
 MODES = ("repeat", "shared")
+FAMILIES_MODEL = ("the tiny model of each family (models.tiny, at the tiny preset's sizes: text hidden 256, 4 layers, "
+                  "4 heads / 2 KV heads, MLP 1024; vision hidden 128, depth 2; Qwen3.5: 3 linear-attention layers "
+                  "+ 1 full-attention layer; MoE: 4 experts, 2 active), fp32, full fine-tuning with the vision tower "
+                  "frozen, reference = frozen copy")
 QUESTION = (
     "Which colour is the square that moves across the {kind}? Options: A. red B. green C. blue D. yellow. "
     "Think step by step, then give the letter in <answer></answer> tags."
@@ -55,7 +67,7 @@ class Shape:
     key: str
     kind: str  # "video" | "image"
     frames: int  # 1 for an image
-    size: int  # square frames, pixels (a multiple of 28)
+    size: int  # square frames, pixels on a 28-pixel grid (a multiple of 28; scaled to the model's grid)
     max_new_tokens: int
 
 
@@ -84,7 +96,7 @@ PRESETS = {
 }
 
 
-def build_model(preset: str):
+def build_model(preset: str, family: str = "qwen2_5_vl"):
     """(model, processor), random weights, seeded. The processor is the tiny one: its tokenizer's
     special-token ids are written into the model config; only the vocabulary differs from Qwen's."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -93,7 +105,9 @@ def build_model(preset: str):
 
     if preset == "tiny":
         return build_tiny(TinySpec(hidden=256, layers=4, heads=4, kv_heads=2, intermediate=1024, vision_hidden=128,
-                                   vision_depth=2, vision_heads=4, max_pixels=448 * 448))
+                                   vision_depth=2, vision_heads=4, max_pixels=448 * 448), family)
+    if family != "qwen2_5_vl":
+        raise SystemExit(f"--preset {preset} is a Qwen2.5-VL architecture; other families run with --preset tiny")
     processor = build_processor(TinySpec(max_pixels=448 * 448))
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(qwen2_5_vl_3b_config(processor.tokenizer)).eval()
@@ -127,24 +141,25 @@ def qwen2_5_vl_3b_config(tok):
 
 def make_prompts(processor, shape: Shape, n: int, seed: int) -> list[PromptInputs]:
     """`n` synthetic prompts: random frames at the shape's size, encoded by the trainer's encoder."""
-    encoder = PromptEncoder(processor, VisionConfig(max_pixels=shape.size**2, max_prompt_length=16384), cache=None)
+    side = shape.size // 28 * Grid.of(processor).factor  # the shape's tokens on this model's grid
+    encoder = PromptEncoder(processor, VisionConfig(max_pixels=side**2, max_prompt_length=16384), cache=None)
     rng = np.random.default_rng(seed)
     prompts = []
     for i in range(n):
         content = [{"type": shape.kind}, {"type": "text", "text": QUESTION.format(kind=shape.kind)}]
         sample = Sample(id=f"{shape.key}{i}", prompt=[{"role": "user", "content": content}],
                         media=[Media(shape.kind, f"synthetic-{i}")], answer="A", problem_type="multiple_choice")
-        frames = torch.from_numpy(rng.integers(0, 256, (shape.frames, 3, shape.size, shape.size), dtype=np.uint8))
+        frames = torch.from_numpy(rng.integers(0, 256, (shape.frames, 3, side, side), dtype=np.uint8))
         media = LoadedMedia(shape.kind, frames, fps=2.0 if shape.kind == "video" else 0.0)
         prompts.append(encoder.build(sample, [media]))
     return prompts
 
 
-def setup(preset: Preset, device: torch.device):
+def setup(preset: Preset, device: torch.device, family: str = "qwen2_5_vl"):
     """(the trainer's policy parts for the benchmark model: LoRA or full, reference, AdamW; processor)."""
     from accelerate import Accelerator
 
-    model, processor = build_model(preset.name)
+    model, processor = build_model(preset.name, family)
     model_cfg = ModelConfig(dtype=preset.dtype, gradient_checkpointing=preset.gradient_checkpointing)
     model = model.to(device=device, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[preset.dtype])
     policy = prepare_policy(model, model_cfg, LoraConfig(enabled=preset.lora))
@@ -244,7 +259,7 @@ def run_child(args) -> dict:
     device = torch.device(args.device)
     preset = PRESETS[args.preset]
     shape = preset.shapes[args.shape]
-    parts, processor = setup(preset, device)
+    parts, processor = setup(preset, device, args.family)
     n_steps = args.warmup + args.steps
     prompts = [p.to(device) for p in make_prompts(processor, shape, args.prompts * n_steps, seed=1)]
     gen = GenerationConfig(num_generations=args.G, max_new_tokens=shape.max_new_tokens, temperature=1.0)
@@ -261,16 +276,17 @@ def run_child(args) -> dict:
     med = statistics.median(step_s)
     tokens = {k: round(statistics.mean(c[k] for c in counts)) for k in counts[0]}
     return {
-        "shape": asdict(shape), "mode": args.mode, "steps": step_s,
+        "shape": asdict(shape), "mode": args.mode, "family": args.family, "shared_layout": shared_layout(parts.model),
+        "steps": step_s,
         "median_step_s": med, "phases_median_s": {k: statistics.median(p[k] for p in times) for k in times[0]},
         "completion_tokens_per_s": tokens["completion_tokens"] / med, "tokens": tokens,
         "memory_base_mib": base, "memory_peak_mib": peak, "memory_peak_increase_mib": peak - base,
     }
 
 
-def spawn(args, shape: str, mode: str) -> dict:
-    """Run one (shape, mode) in a fresh interpreter; its last stdout line is the JSON record."""
-    cmd = [sys.executable, __file__, "--child", "--shape", shape, "--mode", mode, "--device", args.device,
+def spawn(args, shape: str, mode: str, family: str) -> dict:
+    """Run one (family, shape, mode) in a fresh interpreter; its last stdout line is the JSON record."""
+    cmd = [sys.executable, __file__, "--child", "--shape", shape, "--mode", mode, "--family", family, "--device", args.device,
            "--preset", args.preset, "--prompts", str(args.prompts), "--G", str(args.G), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--threads", str(args.threads)]
     load_before = os.getloadavg()[0]
@@ -279,8 +295,8 @@ def spawn(args, shape: str, mode: str) -> dict:
         raise RuntimeError(f"child {shape}/{mode} failed:\n{out.stderr[-4000:]}")
     record = json.loads(out.stdout.strip().splitlines()[-1])
     record["load_avg_1min"] = [load_before, os.getloadavg()[0]]
-    print(f"{shape}/{mode}: median {record['median_step_s']:.2f} s/step, peak +{record['memory_peak_increase_mib']:.0f} MiB",
-          file=sys.stderr)
+    print(f"{family} {shape}/{mode}: median {record['median_step_s']:.2f} s/step, "
+          f"peak +{record['memory_peak_increase_mib']:.0f} MiB", file=sys.stderr)
     return record
 
 
@@ -322,10 +338,12 @@ def markdown(report: dict) -> str:
                 f"| {ph['policy_fwd_bwd']:.2f} | {ph['optimizer']:.3f} | {r['completion_tokens_per_s']:.0f} "
                 f"| {r['memory_peak_increase_mib']:.0f} | {r['load_avg_1min'][0]:.1f} / {r['load_avg_1min'][1]:.1f} |"
             )
-    lines += ["", "| shape | shared speed-up (repeat s / shared s) | shared / repeat peak memory | repeat / shared LM tokens |",
-              "| --- | --- | --- | --- |"]
+    lines += ["", "| shape | family | shared forward | shared speed-up (repeat s / shared s) | shared / repeat peak memory "
+              "| repeat / shared LM tokens |", "| --- | --- | --- | --- | --- | --- |"]
     for shape, c in report["ratios"].items():
-        lines.append(f"| {shape} | {c['speedup']:.2f}x | {c['memory_ratio']:.2f} | {c['lm_token_ratio']:.2f} |")
+        s = report["results"][shape]["shared"]
+        lines.append(f"| {shape} | {s['family']} | {s['shared_layout']} | {c['speedup']:.2f}x | {c['memory_ratio']:.2f} "
+                     f"| {c['lm_token_ratio']:.2f} |")
     lines += ["", "completion tok/s: completion tokens sampled (and trained on) per step / median step time. "
               "Memory ratio: peak-increase of `shared` / that of `repeat`.",
               "", "Tokens per step (mean over the timed steps; LM tokens are what the language model processes:",
@@ -368,13 +386,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out-md", default="docs/bench_step.md")
     p.add_argument("--notes", default="", help="a paragraph appended to the markdown (machine load, ...)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--families", default="qwen2_5_vl",
+                   help=f"comma-separated model families, or all ({', '.join(FAMILIES)}); other than qwen2_5_vl: tiny preset")
     p.add_argument("--shape", help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--family", default="qwen2_5_vl", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(run_child(args)))
         return
-    records = {k: {m: spawn(args, k, m) for m in MODES} for k in args.shapes.split(",")}
+    families = list(FAMILIES) if args.families == "all" else args.families.split(",")
+    label = (lambda f, k: k) if families == ["qwen2_5_vl"] else (lambda f, k: f"{k} {f}")
+    records = {label(f, k): {m: spawn(args, k, m, f) for m in MODES} for f in families for k in args.shapes.split(",")}
     cpu = args.device == "cpu"
     report = {
         "config": {**{k: v for k, v in vars(args).items() if k not in ("child", "shape", "mode", "notes")},
@@ -384,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
                           "after resetting the high-water mark via /proc/self/clear_refs), minus its RSS before the "
                           "first step" if cpu else "torch.cuda.max_memory_allocated during the steps minus "
                           "memory_allocated before them (fresh process per (shape, mode))"),
-        "model": PRESETS[args.preset].description,
+        "model": PRESETS[args.preset].description if families == ["qwen2_5_vl"] else FAMILIES_MODEL,
         "results": records,
         "ratios": compare(records),
         "notes": args.notes,

@@ -37,3 +37,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory):
+    """`family_dir(name)`: path of a saved tiny model folder of that family (built once per session)."""
+    from mmgrpo.models.tiny import save_tiny
+
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            made[name] = save_tiny(tmp_path_factory.mktemp(name) / "model", family=name)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_model(family_dir):
+    """`family_model(name)`: (model, processor) of that family's tiny folder, fp32, eval mode (built
+    once per session; deepcopy before changing it)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    loaded = {}
+
+    def get(name: str):
+        if name not in loaded:
+            folder = family_dir(name)
+            model = AutoModelForImageTextToText.from_pretrained(folder, dtype="float32").eval()
+            loaded[name] = (model, AutoProcessor.from_pretrained(folder))
+        return loaded[name]
+
+    return get

@@ -65,3 +65,15 @@ def test_all_good_exits_zero(mixed, tmp_path):
 def test_unreadable_dataset_file_is_a_usage_error(tmp_path, capsys):
     assert cli_main(["check-data", str(tmp_path / "none.jsonl")]) == 2
     assert "none.jsonl" in capsys.readouterr().err
+
+
+def test_no_model_sizes_media_on_the_family_grid(mixed, tmp_path):
+    """Without --model, --family picks the patch grid: Qwen3-VL's 32-pixel grid gives other frame
+    sizes and token counts than Qwen2.5-VL's 28."""
+    reports = {}
+    for family in ("qwen2_5_vl", "qwen3_vl"):
+        report = tmp_path / f"{family}.jsonl"
+        cli_main(["check-data", str(mixed), "--family", family, "--report", str(report), "--allow-bad"])
+        reports[family] = {r["id"]: r for r in map(json.loads, report.read_text().splitlines())}
+    assert reports["qwen2_5_vl"]["v-ok"]["resolution"] == [[56, 84]] and reports["qwen2_5_vl"]["v-ok"]["video"] == 12
+    assert reports["qwen3_vl"]["v-ok"]["resolution"] == [[64, 96]] and reports["qwen3_vl"]["v-ok"]["video"] == 12

@@ -24,6 +24,7 @@ from mmgrpo.models.generate import Sampler, Sampling, finalize, generate_groups,
 from mmgrpo.models.special import VISION_TOKENS, special_ids
 from mmgrpo.processors.sample import PromptInputs
 from tests.prompts import make_prompt
+from tests.rope_reference import full_sequence_positions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,7 +89,8 @@ def repeated_first_logits(model, prompt: PromptInputs, G: int) -> torch.Tensor:
     if v.pixel_values_videos is not None:
         kw.update(pixel_values_videos=v.pixel_values_videos.repeat(G, 1), video_grid_thw=v.video_grid_thw.repeat(G, 1),
                   second_per_grid_ts=v.second_per_grid_ts.repeat(G))
-    out = model(input_ids=prompt.input_ids.expand(G, -1), mm_token_type_ids=prompt.mm_token_type_ids.expand(G, -1), **kw)
+    out = model(input_ids=prompt.input_ids.expand(G, -1), mm_token_type_ids=prompt.mm_token_type_ids.expand(G, -1),
+                position_ids=full_sequence_positions(model, prompt, 0).expand(3, G, -1), **kw)
     return out.logits[:, -1]
 
 
@@ -140,6 +142,7 @@ def test_greedy_equals_hf_generate(tiny, kinds):
     special = special_ids(model, tok)
     with torch.no_grad():
         hf = model.generate(input_ids=prompt.input_ids, attention_mask=torch.ones_like(prompt.input_ids),
+                            position_ids=full_sequence_positions(model, prompt, 0),
                             mm_token_type_ids=prompt.mm_token_type_ids, do_sample=False, max_new_tokens=16,
                             repetition_penalty=1.0, eos_token_id=list(special.eos), pad_token_id=special.pad,
                             bad_words_ids=[[t] for t in special.banned], **prompt.vision.as_kwargs())
@@ -169,7 +172,8 @@ def test_sampled_tokens_follow_their_own_context(tiny):
             n = int(lengths[g])
             seq = torch.cat([prompt.input_ids[0], r.completion_ids[g, :n]]).view(1, -1)
             types = torch.cat([prompt.mm_token_type_ids[0], torch.zeros(n, dtype=torch.long)]).view(1, -1)
-            logits = model(input_ids=seq, mm_token_type_ids=types, **prompt.vision.as_kwargs()).logits[0]
+            logits = model(input_ids=seq, mm_token_type_ids=types, position_ids=full_sequence_positions(model, prompt, n),
+                           **prompt.vision.as_kwargs()).logits[0]
             logits = logits[prompt.length - 1 : -1]  # [n, V], predicting each completion token
             logits[:, banned] = float("-inf")
             top3 = logits.topk(3, dim=-1).indices  # [n, 3]

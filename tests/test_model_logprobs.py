@@ -22,6 +22,7 @@ from mmgrpo.models.layout import keep_lengths, prefix_mask
 from mmgrpo.models.logprobs import batch_logprobs
 from mmgrpo.processors.sample import PromptInputs
 from tests.prompts import make_prompt
+from tests.rope_reference import full_sequence_positions
 
 LOGP_TOL = 1e-10
 GRAD_TOL = 1e-5
@@ -66,13 +67,15 @@ def lp(model, processor, prompts, ids, masks, mode="shared", temperature=1.0):
 
 
 def direct_logprobs(model, prompt: PromptInputs, ids: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0):
-    """G separate forwards of [prompt | c_g[:n_g]], written out independently of the library."""
+    """G separate forwards of [prompt | c_g[:n_g]], written out independently of the library, with
+    the positions of the original Qwen rule (tests.rope_reference)."""
     rows = []
     for g in range(ids.shape[0]):
         n = int(mask[g].sum())
         seq = torch.cat([prompt.input_ids[0], ids[g, :n]]).view(1, -1)
         types = torch.cat([prompt.mm_token_type_ids[0], torch.zeros(n, dtype=prompt.mm_token_type_ids.dtype)])
-        logits = model(input_ids=seq, mm_token_type_ids=types.view(1, -1), **prompt.vision.as_kwargs()).logits[0]
+        logits = model(input_ids=seq, mm_token_type_ids=types.view(1, -1), position_ids=full_sequence_positions(
+            model, prompt, n), **prompt.vision.as_kwargs()).logits[0]
         logp = torch.log_softmax(logits[prompt.length - 1 : -1].double() / temperature, dim=-1)  # [n, V]
         row = torch.zeros(ids.shape[1], dtype=torch.float64)
         row[:n] = logp.gather(-1, ids[g, :n, None]).squeeze(-1)
@@ -158,7 +161,8 @@ def test_tolerance_detects_mistakes(policy):
         assert rel_err(lp(model, processor, [other], [ids], [mask])[0], ref) > 1e-3
         seq = torch.cat([prompt.input_ids, ids.view(1, -1)], dim=1)  # [1, P + 12]
         types = torch.cat([prompt.mm_token_type_ids, torch.zeros_like(ids.view(1, -1))], dim=1)
-        logits = model(input_ids=seq, mm_token_type_ids=types, **prompt.vision.as_kwargs()).logits[0]  # [P + 12, V]
+        logits = model(input_ids=seq, mm_token_type_ids=types, position_ids=full_sequence_positions(model, prompt, 12),
+                       **prompt.vision.as_kwargs()).logits[0]  # [P + 12, V]
     # c_2's tokens 1..5, predicted from rows that can see c_1
     leaky = torch.log_softmax(logits[prompt.length + 6 : -1], -1).gather(-1, ids[1, 1:, None]).squeeze(-1)
     assert rel_err(leaky, ref[1, 1:]) > 1e-3

@@ -193,9 +193,9 @@ def counted_decoder(monkeypatch):
     calls = []
     real = encode_module.decode_video
 
-    def counting(media, vision):
+    def counting(media, *args):
         calls.append(media.source)
-        return real(media, vision)
+        return real(media, *args)
 
     monkeypatch.setattr(encode_module, "decode_video", counting)
     return calls

@@ -1,8 +1,10 @@
-"""`mmgrpo demo [--out DIR]`: the whole pipeline offline on the CPU, in minutes.
+"""`mmgrpo demo [--out DIR] [model.family=NAME] [key=value ...]`: the whole pipeline offline on the
+CPU, in minutes.
 
-tiny model -> synthetic video QA (colour of a moving square) -> SFT warm-up on the answer *format*
-(random labels, so it cannot teach the task) -> evaluate -> Reg-GRPO -> evaluate again, and on the
-same questions with every frame replaced by noise (must fall to chance: the model uses the video).
+tiny model of the family (default Qwen2.5-VL) -> synthetic video QA (colour of a moving square) ->
+SFT warm-up on the answer *format* (random labels, so it cannot teach the task) -> evaluate ->
+Reg-GRPO -> evaluate again, and on the same questions with every frame replaced by noise (must fall
+to chance: the model uses the video).
 """
 from __future__ import annotations
 
@@ -17,26 +19,33 @@ from mmgrpo.config import (
     load_config,
 )
 from mmgrpo.demo.task import SUFFIX, TaskSpec, make_task
-from mmgrpo.models.tiny import TinySpec, save_tiny
+from mmgrpo.models.tiny import DEFAULT_FAMILY, TinySpec, save_tiny
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
 def demo_vision() -> VisionConfig:
-    # 8 frames of 56x56: 4 temporal x 2x2 merged patches = 16 video tokens per clip
-    return VisionConfig(nframes=8, min_frames=2, max_frames=8, min_pixels=28 * 28, max_pixels=56 * 56,
+    # 8 frames of 56x56: 4 temporal x 2x2 merged patches = 16 video tokens per clip (a 32-pixel grid
+    # resizes the frames to 64x64, 2x2 merged patches again: the budget admits both)
+    return VisionConfig(nframes=8, min_frames=2, max_frames=8, min_pixels=28 * 28, max_pixels=64 * 64,
                         max_prompt_length=512)
 
 
-def sft_config(base: Path, data: Path, out: Path, steps: int) -> SFTConfig:
+def sft_config(base: Path, data: Path, out: Path, steps: int, family: str) -> SFTConfig:
     return SFTConfig(
-        model=ModelConfig(name_or_path=str(base), dtype="fp32", freeze_vision=False),
+        model=ModelConfig(name_or_path=str(base), family=family, dtype="fp32", freeze_vision=False),
         lora=LoraConfig(enabled=False),  # measured: LoRA learns next to nothing at this size
         vision=demo_vision(),
         data=DataConfig(train=(str(data),), prompt_suffix=SUFFIX),
         optim=OptimConfig(lr=1e-3, max_grad_norm=1.0),
         output_dir=str(out), max_steps=steps, batch_size=8, progress_bar=False,
     )
+
+
+def demo_family(overrides: list[str]) -> str:
+    """The family the demo builds: the overrides' model.family, Qwen2.5-VL when it is auto."""
+    family = load_config(TrainConfig, DEMO_CONFIG, overrides).model.family
+    return DEFAULT_FAMILY if family == "auto" else family
 
 
 def rl_config(start: Path, data: Path, heldout: Path, out: Path, overrides: list[str]) -> TrainConfig:
@@ -65,7 +74,7 @@ def clear_previous(out: Path) -> None:
     """The demo owns its folder: a second `mmgrpo demo` starts afresh instead of mixing runs."""
     import shutil
 
-    stale = [p for p in out.glob("checkpoint-*")] + [out / n for n in ("sft", "tensorboard", "merged")]
+    stale = [p for p in out.glob("checkpoint-*")] + [out / n for n in ("base-model", "sft", "tensorboard", "merged")]
     stale += [out / n for n in ("metrics.jsonl", "samples.jsonl", "summary.json", "report.md", "reward_curve.png")]
     stale = [p for p in stale if p.exists()]
     if stale:
@@ -84,12 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
     clear_previous(out)
-    base = save_tiny(out / "base-model", TinySpec(seed=args.seed))
+    family = demo_family(args.overrides)
+    base = save_tiny(out / "base-model", TinySpec(seed=args.seed), family)
     files = make_task(out / "data", TaskSpec(seed=args.seed))
-    print(f"[demo] tiny model -> {base}; task -> {out / 'data'}")
+    print(f"[demo] tiny {family} model -> {base}; task -> {out / 'data'}")
     from mmgrpo.trainer.sft import sft
 
-    sft_ckpt = sft(sft_config(base, files.sft_format, out / "sft", args.sft_steps))
+    sft_ckpt = sft(sft_config(base, files.sft_format, out / "sft", args.sft_steps, family))
     acc_sft = accuracy(sft_ckpt, files.heldout, demo_vision())
     print(f"[demo] after SFT (format only): held-out accuracy {acc_sft:.3f}")
     from mmgrpo.trainer.loop import train
@@ -102,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "accuracy_sft": acc_sft, "accuracy_rl": acc_rl, "accuracy_rl_noise_video": acc_noise, "chance": 0.25,
         "steps": cfg.max_steps, "seconds": round(seconds, 1), "loss": cfg.loss.objective, "preset": cfg.loss.preset,
-        "augment": cfg.augment.enabled, "final_checkpoint": str(final),
+        "augment": cfg.augment.enabled, "family": family, "final_checkpoint": str(final),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     from mmgrpo.demo.report import write_report

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig as HFGenerationConfig
 
-from mmgrpo.models.layout import PromptBatch, collate_prompts, left_pad
+from mmgrpo.models.cache import new_cache
+from mmgrpo.models.layout import PromptBatch, collate_prompts, left_pad, rope_positions
 from mmgrpo.models.special import SpecialIds
 from mmgrpo.models.unwrap import cache_keyword, returned_cache, wide
 from mmgrpo.models.vision import encode_vision
@@ -114,6 +115,7 @@ def prefill_groups(model: torch.nn.Module, prompts: list[PromptInputs], G: int, 
         use_cache=True,
         logits_to_keep=1,  # every row's last column is its prompt's last token
         mm_encoder_outputs=encode_vision(model, padded.batch.vision),
+        **{cache_keyword(model): new_cache(model)},  # rows repeat and drop out in every family (models.cache)
     )
     cache = returned_cache(out)
     if cache is None:
@@ -224,9 +226,12 @@ def hf_generation_config(sampling: Sampling, special: SpecialIds) -> HFGeneratio
 
 def hf_generate(model: torch.nn.Module, batch: PromptBatch, sampling: Sampling, special: SpecialIds,
                 seed: int | None) -> Tensor:
-    """New tokens [rows, C] of HF `generate` on a left-padded batch. `seed`: sampling draws from the
+    """New tokens [rows, C] of HF `generate` on a left-padded batch. The prompt's mRoPE positions are
+    passed explicitly (the family's pretraining rule, models.positions); `generate` continues them
+    one per new token on every axis, as the trainer's forwards do. `seed`: sampling draws from the
     global RNG seeded with it inside a forked RNG state, so the caller's RNG is left untouched and the
     draws are repeatable; None = the global RNG as it is."""
+    positions, _ = rope_positions(model, batch)  # [3, rows, P]
     device = batch.input_ids.device
     forked = seed is not None and sampling.temperature > 0
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if forked else contextlib.nullcontext()
@@ -236,6 +241,7 @@ def hf_generate(model: torch.nn.Module, batch: PromptBatch, sampling: Sampling, 
         out = model.generate(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
+            position_ids=positions,
             mm_token_type_ids=batch.mm_token_type_ids,
             generation_config=hf_generation_config(sampling, special),
             # never wait for other processes: under FSDP / ZeRO-3 transformers would otherwise sync

@@ -4,10 +4,10 @@ and the shared-prefix rows of the log-prob forward.
 - `collate_prompts`: B prompts left-padded to a common length, every prompt's media concatenated in
   row order (the order the model assigns them to placeholder tokens). Left padding keeps each
   prompt's last token in the last column, so new tokens of all rows line up.
-- `rope_positions`: the 3-D (mRoPE) positions of Qwen-VL prompts. Vision tokens get temporal /
-  height / width positions; every text token after the prompt continues 1-D from
-  `max(prompt positions) + 1` on all three axes, so the G completions of a group all have the same
-  positions, which is what lets them share one encoded prompt.
+- `rope_positions`: the 3-D (mRoPE) positions of Qwen-VL prompts, by the family's own rule
+  (models.positions). Vision tokens get temporal / height / width positions; every text token after
+  the prompt continues 1-D from `max(prompt positions) + 1` on all three axes, so the G completions
+  of a group all have the same positions, which is what lets them share one encoded prompt.
 - `shared_rows`: one row `[prompt_b | c_b1 | ... | c_bG]` per group with a 4-D additive mask in
   which each completion sees the prompt and itself only (never another completion).
 
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mmgrpo.models.families import family_of
+from mmgrpo.models.positions import rope_index
 from mmgrpo.models.unwrap import base_model
 from mmgrpo.processors.sample import PromptInputs, VisionInputs
 
@@ -71,19 +73,13 @@ def collate_prompts(prompts: list[PromptInputs], pad_id: int, repeat: int) -> Pr
 
 
 def rope_positions(model: torch.nn.Module, batch: PromptBatch) -> tuple[Tensor, Tensor]:
-    """(mRoPE positions [3, B, P], first completion position per row [B]). Computed explicitly, never
-    from the model's cached `rope_deltas`, so no call depends on what an earlier forward left behind;
-    with the attention mask, padding is skipped and row b gets prompt b's own positions (0 on padding)."""
+    """(mRoPE positions [3, B, P], first completion position per row [B]) by the family's pretraining
+    rule (models.positions), never by the installed transformers' `get_rope_index` nor from the
+    model's cached `rope_deltas`, so no call depends on the library version or on what an earlier
+    forward left behind; padding is skipped and row b gets prompt b's own positions (0 on padding)."""
     v = batch.vision
-    positions, _ = base_model(model).model.get_rope_index(
-        batch.input_ids,
-        mm_token_type_ids=batch.mm_token_type_ids,
-        image_grid_thw=v.image_grid_thw,
-        video_grid_thw=v.video_grid_thw,
-        second_per_grid_ts=v.second_per_grid_ts,
-        attention_mask=batch.attention_mask,
-    )  # [3, B, P] long
-    return positions, positions.amax(dim=(0, 2)) + 1  # [3, B, P], [B]
+    return rope_index(family_of(model), base_model(model).config.vision_config, batch.mm_token_type_ids,
+                      batch.attention_mask, v.image_grid_thw, v.video_grid_thw, v.second_per_grid_ts)  # [3,B,P], [B]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ inference and evaluation all load through `load_model`, so a checkpoint can neve
 silently anywhere.
 
 What is checked, and why:
+- the checkpoint is of a supported family (config.json's model_type, models.families), and of the
+  one the run names when it names one (`model.family`): an unsupported model would fail later, deep
+  in a forward, or run with positions it was not trained with;
 - the base loads with zero missing, unexpected or mismatched keys: transformers would otherwise
   initialise missing weights randomly and say little, and a model with random layers still
   trains, exports and "verifies";
@@ -18,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from mmgrpo.models.families import Family, UnsupportedFamily, family_of_config
 from mmgrpo.models.keymap import LEGACY_KEY_MAPPING, current_pattern_dict, current_target_modules, is_legacy_key, remap_keys
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -35,11 +39,27 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Proces
     return processor
 
 
+def checkpoint_family(name_or_path: str | Path, expected: str = "auto", trust_remote_code: bool = False) -> Family:
+    """The family of a checkpoint (hub id or folder) from its config.json; LoadError when it is not
+    supported or is not `expected` (a family name; "auto" takes whatever it is)."""
+    config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    try:
+        family = family_of_config(config, where=str(name_or_path))
+    except UnsupportedFamily as e:
+        raise LoadError(str(e)) from None
+    if expected != "auto" and family.name != expected:
+        raise LoadError(f"model.family={expected}, but {name_or_path} is a {family.title} checkpoint "
+                        f"(model_type {family.name}); set model.family={family.name} or auto")
+    return family
+
+
 def load_model(name_or_path: str | Path, dtype: str, device: str | torch.device, adapter: str | Path | None = None,
                trainable: bool = False, attn_implementation: str = "sdpa",
-               trust_remote_code: bool = False) -> torch.nn.Module:
+               trust_remote_code: bool = False, family: str = "auto") -> torch.nn.Module:
     """The base model (always the vision-language class) in `dtype` on `device`, with the PEFT
-    adapter in `adapter` on top (trainable or frozen). Raises LoadError on any key that does not fit."""
+    adapter in `adapter` on top (trainable or frozen). Raises LoadError for an unsupported family
+    (or not `family`, unless "auto") and on any key that does not fit."""
+    checkpoint_family(name_or_path, family, trust_remote_code)
     model, info = AutoModelForImageTextToText.from_pretrained(
         str(name_or_path), dtype=DTYPES[dtype], attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code, output_loading_info=True,

@@ -5,25 +5,49 @@ Every path passes the prompts' vision inputs, so the vision tower runs in every 
 forward without them scores a different input than the one generation saw.
 
 Modes:
-- `shared`: B rows `[prompt_b | c_b1 | ... | c_bG]` (models.layout.shared_rows) with a 4-D mask in
-  which each completion sees the prompt and itself only. Each prompt (vision tower included) is
-  encoded once; its activations receive the gradient of all G completions, summed. Attention
-  implementations that cannot take a 4-D mask (flash_attention_2, ...) fall back to B*G rows that
-  reuse one vision-tower output (`repeat` layout, `share_vision`).
+- `shared`: each prompt (vision tower included) is encoded once and its activations receive the
+  gradient of all G completions, summed; how depends on the family (`Family.shared_prefix`):
+  `mask`: B rows `[prompt_b | c_b1 | ... | c_bG]` (models.layout.shared_rows) with a 4-D mask in
+  which each completion sees the prompt and itself only;
+  `cache` (linear-attention layers, Qwen3.5): the B prompts run once into a cache (models.cache),
+  which is repeated to B*G rows, and the G completions continue from it in the same graph; a
+  recurrent layer has no mask that could keep one completion out of the next one's state.
+  Where neither can run, B*G rows reuse one vision-tower output (`repeat` layout, `share_vision`):
+  attention implementations without 4-D masks (flash_attention_2, ...) in `mask` families, and
+  gradient checkpointing in `cache` families (transformers drops the cache of checkpointed layers);
+  `shared_layout` says which, and the first fallback is logged.
 - `repeat`: B*G rows `[prompt_b | c_bg]`, vision inputs repeated per row: the baseline other
   trainers use, and the reference the shared path is tested against.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
+from mmgrpo.models.cache import new_cache
+from mmgrpo.models.families import family_of
 from mmgrpo.models.layout import collate_prompts, keep_lengths, left_pad, pad_last, shared_rows
-from mmgrpo.models.unwrap import compute_dtype, supports_4d_mask, wide
+from mmgrpo.models.unwrap import base_model, cache_keyword, compute_dtype, returned_cache, supports_4d_mask, wide
 from mmgrpo.models.vision import encode_vision, repeat_features
 from mmgrpo.processors.sample import PromptInputs
 
 MODES = ("shared", "repeat")
+log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def shared_layout(model: torch.nn.Module, training: bool | None = None) -> str:
+    """How `shared` mode runs on this model: "mask", "cache", or "repeat rows (why)"; for a forward
+    with gradients in train mode (`training`), or as the model is now (None)."""
+    family = family_of(model)
+    if family.shared_prefix == "mask":
+        return "mask" if supports_4d_mask(model) else "repeat rows (this attention implementation takes no 4-D mask)"
+    if training is None:
+        training = model.training and torch.is_grad_enabled()
+    checkpointing = base_model(model).is_activation_checkpointing and training
+    return "repeat rows (gradient checkpointing drops the prompt's cache)" if checkpointing else "cache"
 
 
 def batch_logprobs(
@@ -56,9 +80,15 @@ def batch_logprobs(
     if live:  # (a group with nothing to score gets zeros and no forward: it carries no gradient)
         args = ([prompts[b] for b in live], [completion_ids[b] for b in live], [keeps[b] for b in live],
                 temperature, pad_id)
-        if mode == "shared" and supports_4d_mask(model):
+        layout = shared_layout(model) if mode == "shared" else "repeat"
+        if layout == "mask":
             scored = _shared_forward(model, *args)
+        elif layout == "cache":
+            scored = _cache_forward(model, *args)
         else:
+            if mode == "shared" and layout not in _warned:
+                _warned.add(layout)
+                log.warning("shared log-prob forward of %s runs as %s", family_of(model).title, layout)
             scored = _repeat_forward(model, *args, share_vision=(mode == "shared"))
         for b, lp in zip(live, scored):
             out[b] = lp
@@ -113,6 +143,35 @@ def _shared_forward(model: torch.nn.Module, prompts: list[PromptInputs], complet
         zeros = torch.zeros(ids.shape, dtype=lp.dtype, device=lp.device)  # [G, C_b]
         out.append(zeros.index_put((r, c), lp))
     return out
+
+
+def _cache_forward(model: torch.nn.Module, prompts: list[PromptInputs], completion_ids: list[Tensor],
+                   keeps: list[Tensor], temperature: float, pad_id: int) -> list[Tensor]:
+    """The B prompts once (vision tower once, with gradients) into a cache, repeated to G rows per
+    prompt, then the B*G completions continued from it in the same graph. Token 0 of a completion is
+    predicted by its prompt's last position, token j > 0 by its own token j - 1; completions are
+    right-padded to the longest kept one (padding only follows real tokens, so no real token sees it)."""
+    G = int(completion_ids[0].shape[0])
+    padded = left_pad(model, prompts, pad_id)  # [B, P] rows, positions, media
+    batch, cache_kw = padded.batch, cache_keyword(model)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=padded.position_ids,
+                mm_token_type_ids=batch.mm_token_type_ids, logits_to_keep=1, use_cache=True,
+                mm_encoder_outputs=encode_vision(model, batch.vision), **{cache_kw: new_cache(model)})
+    C = max(int(k.max()) for k in keeps)
+    comp = torch.cat([pad_last(ids, C, pad_id) for ids in completion_ids])  # [B*G, C]
+    first = token_logprobs(out.logits[:, -1].repeat_interleave(G, dim=0), comp[:, 0], temperature)  # [B*G]
+    lp = first.view(-1, 1)  # [B*G, 1]
+    if C > 1:
+        cache = returned_cache(out)
+        cache.batch_repeat_interleave(G)  # differentiable: the G rows' gradients sum into the prompt
+        cols = torch.arange(C - 1, device=comp.device)  # [C-1]
+        comp_attn = (cols.view(1, -1) < torch.cat(keeps).view(-1, 1)).long()  # [B*G, C-1], 1 on real tokens
+        pos = (padded.next_pos.repeat_interleave(G).view(1, -1, 1) + cols.view(1, 1, -1)).expand(3, -1, -1)  # [3,BG,C-1]
+        logits = model(input_ids=comp[:, :-1], position_ids=pos, use_cache=True, **{cache_kw: cache},
+                       attention_mask=torch.cat([batch.attention_mask.repeat_interleave(G, dim=0), comp_attn], dim=1),
+                       mm_token_type_ids=torch.zeros_like(comp[:, :-1])).logits  # [B*G, C-1, V]
+        lp = torch.cat([lp, token_logprobs(logits, comp[:, 1:], temperature)], dim=1)  # [B*G, C]
+    return [pad_last(block, ids.shape[1], 0.0) for block, ids in zip(lp.split(G), completion_ids)]
 
 
 def _repeat_forward(model: torch.nn.Module, prompts: list[PromptInputs], completion_ids: list[Tensor],

@@ -1,11 +1,12 @@
-"""A loaded model made ready to train: LoRA through PEFT (language model only by default), the
-vision tower frozen, fp16 master weights, gradient checkpointing."""
+"""A loaded model made ready to train: LoRA through PEFT (language model only by default, on the
+projections the family has), the vision tower frozen, fp16 master weights, gradient checkpointing."""
 from __future__ import annotations
 
 import torch
 from transformers import PreTrainedModel
 
 from mmgrpo.config import LoraConfig, ModelConfig
+from mmgrpo.models.families import Family, family_of
 from mmgrpo.models.unwrap import vision_tower
 
 
@@ -23,15 +24,37 @@ def lora_target_regex(modules: tuple[str, ...], include_vision: bool) -> str:
     return rf"^(?!.*visual).*\.({names})$"
 
 
+def language_linears(model: torch.nn.Module) -> set[str]:
+    """Names (last path component) of the language model's nn.Linear modules, lm_head excluded."""
+    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and "visual" not in name and not name.endswith("lm_head")}
+
+
+def lora_targets(model: torch.nn.Module, cfg: LoraConfig, family: Family) -> tuple[tuple[str, ...], list[str]]:
+    """(module names, expert parameter paths) LoRA goes on: `cfg.target_modules` or the family's own
+    list, every name checked against the model (a name that matches nothing would train nothing)."""
+    modules = cfg.target_modules or family.lora_targets
+    have = language_linears(model)
+    missing = sorted(set(modules) - have)
+    if missing:
+        raise ValueError(f"lora.target_modules {missing} match no linear layer of this {family.title} language "
+                         f"model; it has {sorted(have)}")
+    if cfg.experts and not family.expert_parameters:
+        raise ValueError(f"lora.experts=true, but {family.title} is not a mixture-of-experts model")
+    return tuple(modules), list(family.expert_parameters) if cfg.experts else []
+
+
 def apply_lora(model: PreTrainedModel, cfg: LoraConfig, train_vision: bool) -> torch.nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    modules, experts = lora_targets(model, cfg, family_of(model))
     peft_cfg = PeftLoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=lora_target_regex(cfg.target_modules, include_vision=train_vision),
+        target_modules=lora_target_regex(modules, include_vision=train_vision),
+        target_parameters=experts or None,  # fused [experts, out, in] weights, wrapped by PEFT's ParamWrapper
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_cfg)
@@ -40,6 +63,10 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig, train_vision: bool) -> t
 def prepare_policy(model: torch.nn.Module, model_cfg: ModelConfig, lora_cfg: LoraConfig) -> torch.nn.Module:
     """Loaded model -> (new LoRA when lora_cfg.enabled) -> frozen vision tower -> gradient
     checkpointing, ready to train. A model that already carries a (trainable) adapter keeps it."""
+    family = family_of(model)
+    if model_cfg.router_aux_loss_coef and not family.moe:
+        raise ValueError(f"model.router_aux_loss_coef={model_cfg.router_aux_loss_coef}, but {family.title} has no "
+                         "experts (no router to balance): set it to 0")
     if lora_cfg.enabled:
         model = apply_lora(model, lora_cfg, train_vision=not model_cfg.freeze_vision)
     if model_cfg.freeze_vision:

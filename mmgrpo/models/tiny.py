@@ -1,28 +1,31 @@
-"""A tiny Qwen2.5-VL built offline: random weights, a locally trained byte-level BPE tokenizer with
-Qwen's special tokens, and a real `Qwen2_5_VLProcessor` with a Qwen2.5-VL-style chat template.
+"""Tiny models of every supported family, built offline: random weights, a locally trained byte-level
+BPE tokenizer with Qwen's special tokens, and the family's real processor classes
+(`Qwen2VLProcessor`, `Qwen2_5_VLProcessor`, `Qwen3VLProcessor` with `Qwen3VLVideoProcessor`) with
+its own patch grid and a chat template in the family's style.
 
-The folder it writes is a plain Hugging Face model folder: `AutoProcessor.from_pretrained` and
-`Qwen2_5_VLForConditionalGeneration.from_pretrained` load it without mmgrpo. Tests and the demo use
-it; real models go through `mmgrpo.models.loading` unchanged.
+`TINY_CONFIGS` holds one config builder per family (`models.families.FAMILIES`): the same small
+sizes, each family's own layout (Qwen3-VL's deepstack layer and interleaved mRoPE, Qwen3.5's three
+linear-attention layers and one full-attention layer, 4 experts of which 2 are active in the MoE
+families). The folder `save_tiny` writes is a plain Hugging Face model folder: `AutoProcessor` and
+the family's class load it without mmgrpo. Tests and the demo use these; real models go through
+`mmgrpo.models.loading` unchanged.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
+import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import GenerationConfig, PretrainedConfig
+
+from mmgrpo.models.families import FAMILIES, family_named
 from mmgrpo.models.loading import save_processor_files
-from transformers import (
-    GenerationConfig,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
-    Qwen2Tokenizer,
-    Qwen2VLImageProcessor,
-    Qwen2VLVideoProcessor,
-)
+
+DEFAULT_FAMILY = "qwen2_5_vl"
 
 # Qwen2 special tokens, in Qwen's order. `<|endoftext|>` is pad, `<|im_end|>` ends an assistant turn.
 SPECIAL_TOKENS = [
@@ -53,6 +56,26 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+
+# Qwen3-VL style: no default system turn, and a video item is the bare `<|video_pad|>`: the Qwen3-VL
+# processor (transformers 5.24) writes each temporal patch as `<t seconds><|vision_start|>pads
+# <|vision_end|>` itself, so a template that also wrapped the video in vision markers would nest them.
+QWEN3_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|video_pad|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 # A small corpus for the BPE merges: chat words, QA words, digits, letters, colours, shapes.
 _CORPUS = """
 You are a helpful assistant. system user assistant
@@ -73,7 +96,7 @@ class TinySpec:
     sum to head_dim / 2 (head_dim = hidden / heads)."""
 
     hidden: int = 128
-    layers: int = 2
+    layers: int = 2  # Qwen3.5: 4 (three linear-attention layers, then one full-attention layer)
     heads: int = 4
     kv_heads: int = 2
     intermediate: int = 256
@@ -85,16 +108,23 @@ class TinySpec:
     min_pixels: int = 28 * 28
     max_pixels: int = 112 * 112
     seed: int = 0
+    experts: int = 4  # MoE families
+    active_experts: int = 2
 
-    def mrope_section(self) -> list[int]:
-        half = self.hidden // self.heads // 2
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    def mrope_section(self, rotary_dims: int | None = None) -> list[int]:
+        half = (rotary_dims or self.head_dim) // 2
         t = half // 4
         h = (half - t) // 2
         return [t, h, half - t - h]
 
 
-def build_tokenizer(spec: TinySpec) -> Qwen2Tokenizer:
-    """Byte-level BPE trained on `_CORPUS`, wrapped as Qwen2Tokenizer with Qwen's special tokens."""
+def build_tokenizer(spec: TinySpec, family: str = DEFAULT_FAMILY):
+    """Byte-level BPE trained on `_CORPUS`, wrapped in the family's tokenizer class (Qwen2Tokenizer;
+    Qwen3_5Tokenizer for Qwen3.5) with Qwen's special tokens."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
@@ -104,16 +134,11 @@ def build_tokenizer(spec: TinySpec) -> Qwen2Tokenizer:
     )
     bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     vocab, merges = _vocab_and_merges(bpe)
-    tok = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS,
-    )
+    cls = getattr(transformers, TOKENIZERS[family])
+    tok = cls(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+              additional_special_tokens=SPECIAL_TOKENS)
     tok.add_tokens(TAG_TOKENS)
-    tok.chat_template = CHAT_TEMPLATE
+    tok.chat_template = CHAT_TEMPLATES[family]
     return tok
 
 
@@ -124,61 +149,129 @@ def _vocab_and_merges(bpe: Tokenizer) -> tuple[dict[str, int], list[tuple[str, s
     return vocab, merges
 
 
-def build_processor(spec: TinySpec) -> Qwen2_5_VLProcessor:
-    tok = build_tokenizer(spec)
+CHAT_TEMPLATES = {name: QWEN3_CHAT_TEMPLATE if f.video_time == "timestamps" else CHAT_TEMPLATE
+                  for name, f in FAMILIES.items()}
+# the tokenizer class each family's checkpoints name (Qwen3.5 has its own pre-tokenizer)
+TOKENIZERS = {"qwen2_vl": "Qwen2Tokenizer", "qwen2_5_vl": "Qwen2Tokenizer", "qwen3_vl": "Qwen2Tokenizer",
+              "qwen3_vl_moe": "Qwen2Tokenizer", "qwen3_5": "Qwen3_5Tokenizer", "qwen3_5_moe": "Qwen3_5Tokenizer"}
+VIDEO_PROCESSORS = {"Qwen2VLProcessor": "Qwen2VLVideoProcessor", "Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor",
+                    "Qwen3VLProcessor": "Qwen3VLVideoProcessor"}
+
+
+def build_processor(spec: TinySpec, family: str = DEFAULT_FAMILY):
+    """The family's processor classes on its patch grid, with the tiny tokenizer."""
+    f = family_named(family)
+    tok = build_tokenizer(spec, family)
     size = {"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels}
-    image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2)
-    video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2)
-    return Qwen2_5_VLProcessor(
-        image_processor=image_processor, tokenizer=tok, video_processor=video_processor, chat_template=CHAT_TEMPLATE
-    )
+    grid = dict(patch_size=f.grid.patch, temporal_patch_size=f.grid.temporal, merge_size=f.grid.merge)
+    image_processor = transformers.Qwen2VLImageProcessor(size=size, **grid)
+    video_processor = getattr(transformers, VIDEO_PROCESSORS[f.processor_class])(size=size, **grid)
+    return getattr(transformers, f.processor_class)(image_processor=image_processor, tokenizer=tok,
+                                                    video_processor=video_processor, chat_template=tok.chat_template)
 
 
-def build_config(spec: TinySpec, tok: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(
-        vocab_size=len(tok),
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.kv_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": spec.mrope_section()},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
-    vision = dict(
-        depth=spec.vision_depth,
-        hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * 2,
-        num_heads=spec.vision_heads,
-        out_hidden_size=spec.hidden,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
-        fullatt_block_indexes=[spec.vision_depth - 1],
-    )
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
-    )
+def _ids(tok) -> dict[str, int]:
+    return {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
 
 
-def build_tiny(spec: TinySpec | None = None) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """Model (random weights, fp32, seeded) and processor, in memory."""
+def _text(spec: TinySpec, tok, **extra) -> dict:
+    ids = _ids(tok)
+    return dict(vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+                num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+                max_position_embeddings=spec.max_position_embeddings, bos_token_id=ids["<|endoftext|>"],
+                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], **extra)
+
+
+def _tokens(tok) -> dict:
+    ids = _ids(tok)
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                tie_word_embeddings=False)
+
+
+def _rope(spec: TinySpec, theta: float, **extra) -> dict:
+    return {"rope_type": "default", "rope_theta": theta, "mrope_section": spec.mrope_section(), **extra}
+
+
+def _qwen3_vision(spec: TinySpec, **extra) -> dict:
+    return dict(depth=spec.vision_depth, hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 2,
+                num_heads=spec.vision_heads, out_hidden_size=spec.hidden, patch_size=16, spatial_merge_size=2,
+                temporal_patch_size=2, num_position_embeddings=64, **extra)
+
+
+def _moe(spec: TinySpec, **extra) -> dict:
+    return dict(moe_intermediate_size=spec.intermediate // 4, num_experts=spec.experts,
+                num_experts_per_tok=spec.active_experts, **extra)
+
+
+def qwen2_vl_config(spec: TinySpec, tok) -> PretrainedConfig:
+    vision = dict(depth=spec.vision_depth, embed_dim=spec.vision_hidden, hidden_size=spec.hidden, mlp_ratio=2,
+                  num_heads=spec.vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+    text = _text(spec, tok, rope_parameters=_rope(spec, 1e6))
+    return transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **_tokens(tok))
+
+
+def qwen2_5_vl_config(spec: TinySpec, tok) -> PretrainedConfig:
+    vision = dict(depth=spec.vision_depth, hidden_size=spec.vision_hidden, intermediate_size=spec.vision_hidden * 2,
+                  num_heads=spec.vision_heads, out_hidden_size=spec.hidden, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, window_size=112, fullatt_block_indexes=[spec.vision_depth - 1],
+                  tokens_per_second=2)  # the released checkpoints' rate
+    text = _text(spec, tok, rope_parameters=_rope(spec, 1e6))
+    return transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_tokens(tok))
+
+
+def qwen3_vl_config(spec: TinySpec, tok) -> PretrainedConfig:
+    text = _text(spec, tok, head_dim=spec.head_dim, rope_parameters=_rope(spec, 5e5, mrope_interleaved=True))
+    vision = _qwen3_vision(spec, deepstack_visual_indexes=[0])  # features of vision block 0 enter decoder layer 0
+    return transformers.Qwen3VLConfig(text_config=text, vision_config=vision, **_tokens(tok))
+
+
+def qwen3_vl_moe_config(spec: TinySpec, tok) -> PretrainedConfig:
+    text = _text(spec, tok, head_dim=spec.head_dim, decoder_sparse_step=1,
+                 rope_parameters=_rope(spec, 5e5, mrope_interleaved=True), **_moe(spec))
+    vision = _qwen3_vision(spec, deepstack_visual_indexes=[0])
+    return transformers.Qwen3VLMoeConfig(text_config=text, vision_config=vision, **_tokens(tok))
+
+
+def _qwen3_5_text(spec: TinySpec, tok, **extra) -> dict:
+    # half of each head rotates (Qwen3.5 ships 0.25; half keeps position errors visible in tests)
+    rope = {"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.5, "mrope_interleaved": True,
+            "mrope_section": spec.mrope_section(spec.head_dim // 2)}
+    layers = max(spec.layers, 4)
+    return _text(spec, tok, head_dim=spec.head_dim, rope_parameters=rope, linear_key_head_dim=spec.head_dim // 2,
+                 linear_value_head_dim=spec.head_dim // 2, linear_num_key_heads=spec.kv_heads,
+                 linear_num_value_heads=spec.heads, linear_conv_kernel_dim=4, **extra) | dict(
+        num_hidden_layers=layers, layer_types=["linear_attention"] * (layers - 1) + ["full_attention"])
+
+
+def qwen3_5_config(spec: TinySpec, tok) -> PretrainedConfig:
+    return transformers.Qwen3_5Config(text_config=_qwen3_5_text(spec, tok), vision_config=_qwen3_vision(spec),
+                                      **_tokens(tok))
+
+
+def qwen3_5_moe_config(spec: TinySpec, tok) -> PretrainedConfig:
+    text = _qwen3_5_text(spec, tok, **_moe(spec, shared_expert_intermediate_size=spec.intermediate // 4))
+    return transformers.Qwen3_5MoeConfig(text_config=text, vision_config=_qwen3_vision(spec), **_tokens(tok))
+
+
+TINY_CONFIGS: dict[str, Callable[[TinySpec, object], PretrainedConfig]] = {
+    "qwen2_vl": qwen2_vl_config, "qwen2_5_vl": qwen2_5_vl_config, "qwen3_vl": qwen3_vl_config,
+    "qwen3_vl_moe": qwen3_vl_moe_config, "qwen3_5": qwen3_5_config, "qwen3_5_moe": qwen3_5_moe_config,
+}
+assert set(TINY_CONFIGS) == set(TOKENIZERS) == set(FAMILIES), "every family has a tiny model"
+
+
+def build_config(spec: TinySpec, tok, family: str = DEFAULT_FAMILY) -> PretrainedConfig:
+    return TINY_CONFIGS[family_named(family).name](spec, tok)
+
+
+def build_tiny(spec: TinySpec | None = None, family: str = DEFAULT_FAMILY):
+    """Model (random weights, fp32, seeded) and processor of the family, in memory."""
     spec = spec or TinySpec()
-    processor = build_processor(spec)
-    config = build_config(spec, processor.tokenizer)
+    processor = build_processor(spec, family)
+    config = build_config(spec, processor.tokenizer, family)
     torch.manual_seed(spec.seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = getattr(transformers, family_named(family).model_class)(config).eval()
     tok = processor.tokenizer
     model.generation_config = GenerationConfig(
         eos_token_id=[tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")],
@@ -192,11 +285,11 @@ def build_tiny(spec: TinySpec | None = None) -> tuple[Qwen2_5_VLForConditionalGe
     return model, processor
 
 
-def save_tiny(out_dir: str | Path, spec: TinySpec | None = None) -> Path:
+def save_tiny(out_dir: str | Path, spec: TinySpec | None = None, family: str = DEFAULT_FAMILY) -> Path:
     """Write the tiny model as a plain HF folder (safetensors, config, generation config, processor files)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = build_tiny(spec)
+    model, processor = build_tiny(spec, family)
     model.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     save_processor_files(processor, out)

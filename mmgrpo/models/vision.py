@@ -1,6 +1,11 @@
 """The vision tower, once per prompt: every image and video of a batch in one tower call, and the
 features handed to as many rows as need them (G rows per prompt in the repeat layout) without
-running the tower again. Gradients of all those rows sum into the one tower output."""
+running the tower again. Gradients of all those rows sum into the one tower output.
+
+What the tower returns per item is the pooled (merged) features and, in Qwen3-VL, its deepstack
+features (one tensor per deepstack layer, added to the hidden states of the first decoder layers at
+the item's placeholders). Both travel together, item by item, so a forward that receives encoder
+outputs injects exactly what a plain forward with pixel values would."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +14,17 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from mmgrpo.models.unwrap import base_model
 from mmgrpo.processors.sample import PromptInputs, VisionInputs
 
-Encoded = dict[str, BaseModelOutputWithPooling]  # "image" / "video" -> one pooled output per media item
+Encoded = dict[str, BaseModelOutputWithPooling]  # "image" / "video" -> one output holding each media item
+
+
+def select_items(output: BaseModelOutputWithPooling, order: list[int]) -> BaseModelOutputWithPooling:
+    """The items `order` (indices, repeats allowed) of a per-item tower output: pooled features and,
+    where the family has them, deepstack features, in the output's own class."""
+    fields = {"pooler_output": tuple(output.pooler_output[i] for i in order)}  # n x [tokens, H]
+    deep = getattr(output, "deepstack_features", None)
+    if deep is not None:
+        fields["deepstack_features"] = [tuple(layer[i] for i in order) for layer in deep]  # layers x n x [tokens, H]
+    return type(output)(**fields)
 
 
 def encode_vision(model: torch.nn.Module, vision: VisionInputs) -> Encoded:
@@ -30,11 +45,11 @@ def encode_vision(model: torch.nn.Module, vision: VisionInputs) -> Encoded:
         return {}
     pixels = torch.cat([p for _, p, _ in parts])  # [n_patches, D], images then videos
     grids = torch.cat([g for _, _, g in parts])  # [n_items, 3]
-    features = base_model(model).model.get_image_features(pixels, grids, return_dict=True).pooler_output
+    features = base_model(model).model.get_image_features(pixels, grids, return_dict=True)  # split per item
     out, start = {}, 0
     for kind, _, grid in parts:
         n = int(grid.shape[0])
-        out[kind] = BaseModelOutputWithPooling(pooler_output=tuple(features[start : start + n]))  # n x [tokens, H]
+        out[kind] = select_items(features, list(range(start, start + n)))
         start += n
     return out
 
@@ -52,10 +67,10 @@ def repeat_features(encoded: Encoded, prompts: list[PromptInputs], G: int) -> En
     own media in order while the tower ran once."""
     out = {}
     for kind, enc in encoded.items():
-        per_prompt, start = [], 0
+        order, start = [], 0
         for prompt in prompts:
             n = media_counts(prompt)[kind]
-            per_prompt.append(tuple(enc.pooler_output[start : start + n]) * G)
+            order += list(range(start, start + n)) * G
             start += n
-        out[kind] = BaseModelOutputWithPooling(pooler_output=sum(per_prompt, ()))
+        out[kind] = select_items(enc, order)
     return out

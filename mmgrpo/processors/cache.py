@@ -100,13 +100,17 @@ class MediaCache:
             array = np.load(array_path, allow_pickle=False)  # [T, 3, H, W] uint8
         except (OSError, ValueError):  # a half-written or damaged entry is a miss, not an error
             return None
+        if set(meta) != {"fps", "source_fps", "duration", "indices", "clip_frames"}:  # an older entry's layout
+            return None
+        meta["indices"] = tuple(meta["indices"])
         return Frames(frames=torch.from_numpy(array), **meta)
 
     def _put_disk(self, key: str, value: Frames) -> None:
         if self.disk_dir is None:
             return
         array_path, meta_path = self._paths(key)
-        meta = {"fps": value.fps, "source_fps": value.source_fps, "duration": value.duration}
+        meta = {"fps": value.fps, "source_fps": value.source_fps, "duration": value.duration,
+                "indices": list(value.indices), "clip_frames": value.clip_frames}
         # write-then-rename: other processes may read the folder at the same time
         tmp = f".{os.getpid()}.tmp"
         meta_tmp = meta_path.with_name(meta_path.name + tmp)

@@ -4,9 +4,11 @@ Two steps, because augmentation perturbs the decoded frames in between:
     media = encoder.load_media(sample)      # decoded, resized, cached; prompt fitted to the limit
     inputs = encoder.build(sample, media)   # chat template + processor
 `encode(sample)` does both. The processor is called with `do_resize=False`: the pixel budget is
-ours (Qwen's smart-resize rules, `VisionConfig` + per-sample options), and the prompt length is
-known from the grid sizes before the processor runs. A prompt is never truncated through its vision
-tokens: with `fit="shrink"` the pixel budget is lowered until it fits, else BadSampleError.
+ours (Qwen's smart-resize rules on the processor's own patch grid, `VisionConfig` + per-sample
+options), and the prompt length is known from the grid sizes before the processor runs. A prompt is
+never truncated through its vision tokens: with `fit="shrink"` the pixel budget is lowered until it
+fits, else BadSampleError. Videos reach the processor with their source frame indices and frame
+rate, so a family that writes frame times into the prompt (Qwen3-VL, Qwen3.5) writes the real ones.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import torch
 from transformers.video_utils import VideoMetadata
 
 from mmgrpo.config import VisionConfig
-from mmgrpo.processors.budget import resize_to, resolve_budget, shrink_to_fit, vision_tokens
+from mmgrpo.processors.budget import Grid, resize_to, resolve_budget, shrink_to_fit, vision_tokens
 from mmgrpo.processors.cache import MediaCache, media_key
 from mmgrpo.processors.image import image_frames, load_image
 from mmgrpo.processors.sample import BadSampleError, Media, MediaError, PromptInputs, Sample, VisionInputs
@@ -30,15 +32,31 @@ class LoadedMedia:
     kind: Literal["image", "video"]
     frames: torch.Tensor  # [T, 3, H, W] uint8 (T=1 for an image)
     fps: float  # sampled frames per second (0.0 for an image)
+    # video: the source frame index of each frame, the source's frame rate and the frames of the clip
+    # window; None = T consecutive frames at `fps` (frames made in memory, e.g. benchmarks)
+    indices: tuple[int, ...] | None = None
+    source_fps: float | None = None
+    clip_frames: int | None = None
+
+    def metadata(self) -> VideoMetadata:
+        """What the processor derives frame times from: Qwen2.5-VL's second_per_grid_ts =
+        temporal patch / sampled fps (sampled fps = len(indices) / clip_frames * source_fps, as
+        qwen-vl-utils computes it), Qwen3-VL's timestamps = indices / source_fps (averaged per pair)."""
+        T = int(self.frames.shape[0])
+        if self.indices is None:
+            return VideoMetadata(total_num_frames=T, fps=self.fps, frames_indices=list(range(T)))
+        return VideoMetadata(total_num_frames=self.clip_frames, fps=self.source_fps, frames_indices=list(self.indices))
 
 
-def decode_media(media: Media, vision: VisionConfig, cache: MediaCache | None = None) -> LoadedMedia:
-    """One media item at its budget (`media.options` override `vision`). Raises MediaError."""
-    budget = resolve_budget(media.options, vision)
+def decode_media(media: Media, vision: VisionConfig, cache: MediaCache | None = None,
+                 grid: Grid = Grid()) -> LoadedMedia:
+    """One media item at its budget (`media.options` override `vision`), sides multiples of the
+    model's `grid`. Raises MediaError."""
+    budget = resolve_budget(media.options, vision, grid)
 
     def load() -> Frames:
         if media.kind == "video":
-            return decode_video(media, vision)
+            return decode_video(media, vision, grid)
         if not isinstance(media.source, str):
             raise MediaError(str(media.source)[:200], "an image source must be one file path", "bad_column")
         image = load_image(media.source, media.data)
@@ -56,7 +74,10 @@ def decode_media(media: Media, vision: VisionConfig, cache: MediaCache | None = 
         except OSError as e:
             raise MediaError(str(media.source), f"file not found ({e.strerror})", "missing_media") from e
         frames = cache.get_or_load(key, load)
-    return LoadedMedia(kind=media.kind, frames=frames.frames, fps=frames.fps)
+    if media.kind == "image":
+        return LoadedMedia(kind="image", frames=frames.frames, fps=frames.fps)
+    return LoadedMedia(kind="video", frames=frames.frames, fps=frames.fps, indices=frames.indices,
+                       source_fps=frames.source_fps, clip_frames=frames.clip_frames)
 
 
 def count_tokens(inputs: PromptInputs) -> dict[str, int]:
@@ -72,6 +93,7 @@ class PromptEncoder:
 
     def __init__(self, processor, vision: VisionConfig, cache: MediaCache | None = None):
         self.processor = processor
+        self.grid = Grid.of(processor)  # patch / merge of this model: 28- or 32-pixel multiples
         self.vision = vision
         self.cache = cache if cache is not None else MediaCache(vision.cache_size, vision.disk_cache)
 
@@ -87,13 +109,13 @@ class PromptEncoder:
             if tuple(media[i].frames.shape[-2:]) != (h, w):
                 pixels = h * w  # smart_resize from the source size stays within h * w: it still fits
                 options = dataclasses.replace(item.options, max_pixels=pixels, total_pixels=None)
-                options.min_pixels = min(resolve_budget(item.options, self.vision).min_pixels, pixels)
+                options.min_pixels = min(resolve_budget(item.options, self.vision, self.grid).min_pixels, pixels)
                 media[i] = self._decode(sample, dataclasses.replace(item, options=options))
         return media
 
     def _decode(self, sample: Sample, media: Media) -> LoadedMedia:
         try:
-            return decode_media(media, self.vision, self.cache)
+            return decode_media(media, self.vision, self.cache, self.grid)
         except MediaError as e:
             raise e.for_sample(sample.ref, sample.id) from e
 
@@ -103,24 +125,22 @@ class PromptEncoder:
         """Chat template (generation prompt added) and processor call on already-resized frames."""
         self._check_media(sample, media)
         sizes = self._fit(sample, media)
-        frames = [resize_frames(m.frames, h, w) for m, (h, w) in zip(media, sizes)]  # each [T, 3, H, W]
-        text = self.template(sample)
+        sized = [dataclasses.replace(m, frames=resize_frames(m.frames, h, w)) for m, (h, w) in zip(media, sizes)]
+        return self._process(sample, sized)
+
+    def _process(self, sample: Sample, media: list[LoadedMedia]) -> PromptInputs:
+        """Chat template and processor call on frames at their final size."""
+        frames = [m.frames for m in media]  # each [T, 3, H, W] uint8
         images = [f[0] for m, f in zip(media, frames) if m.kind == "image"]  # each [3, H, W] uint8
         videos = [f for m, f in zip(media, frames) if m.kind == "video"]  # each [T, 3, H, W] uint8
         kwargs: dict = {}
         if images:
             kwargs["images"] = images
         if videos:
-            # frames_indices = all frames at the sampled fps: the processor derives
-            # second_per_grid_ts = temporal_patch_size / sampled fps from it
-            metadata = [
-                VideoMetadata(total_num_frames=f.shape[0], fps=m.fps, frames_indices=list(range(f.shape[0])))
-                for m, f in zip(media, frames)
-                if m.kind == "video"
-            ]
+            metadata = [m.metadata() for m in media if m.kind == "video"]
             # frames are already at the budget, so the per-frame cap has nothing to cap: False
             kwargs.update(videos=videos, video_metadata=metadata, do_sample_frames=False, cap_pixels_per_frame=False)
-        out = self.processor(text=[text], do_resize=False, return_tensors="pt", **kwargs)
+        out = self.processor(text=[self.template(sample)], do_resize=False, return_tensors="pt", **kwargs)
         vision = VisionInputs(
             pixel_values=out.get("pixel_values"),  # [n_image_patches, 1176] or absent
             image_grid_thw=out.get("image_grid_thw"),  # [n_images, 3]
@@ -143,20 +163,27 @@ class PromptEncoder:
     def template(self, sample: Sample) -> str:
         return self.processor.apply_chat_template(sample.prompt, add_generation_prompt=True, tokenize=False)
 
-    def text_tokens(self, sample: Sample) -> int:
-        """Prompt tokens other than vision placeholders (each placeholder is one token before the
-        processor expands it)."""
-        ids = self.processor.tokenizer(self.template(sample), add_special_tokens=False)["input_ids"]
-        return len(ids) - len(sample.media)
+    def text_tokens(self, sample: Sample, media: list[LoadedMedia] | None = None) -> int:
+        """Prompt tokens other than vision placeholders. From the chat template alone (each placeholder
+        is one token before the processor expands it), unless `media` holds a video: a processor may
+        write text per frame group (Qwen3-VL's timestamps, whose length depends on the frames' times),
+        so the prompt is then built once with every item cut to one merged patch per frame group (the
+        text does not depend on the resolution) and its text tokens counted."""
+        if media is None or all(m.kind == "image" for m in media):
+            ids = self.processor.tokenizer(self.template(sample), add_special_tokens=False)["input_ids"]
+            return len(ids) - len(sample.media)
+        f = self.grid.factor
+        small = [dataclasses.replace(m, frames=m.frames[:, :, :f, :f]) for m in media]  # [T, 3, f, f] each
+        return count_tokens(self._process(sample, small))["text"]
 
     # -- fitting ---------------------------------------------------------------------------------
 
     def _fit(self, sample: Sample, media: list[LoadedMedia]) -> list[tuple[int, int]]:
         """(H, W) per media item such that the whole prompt fits `max_prompt_length`."""
         shapes = [(int(m.frames.shape[0]), int(m.frames.shape[2]), int(m.frames.shape[3])) for m in media]
-        text = self.text_tokens(sample)
+        text = self.text_tokens(sample, media)
         limit = self.vision.max_prompt_length
-        need = text + sum(vision_tokens(*s) for s in shapes)
+        need = text + sum(vision_tokens(*s, self.grid) for s in shapes)
         if need <= limit:
             return [(h, w) for _, h, w in shapes]
         pixels = ", ".join(f"{kind} {t}x{h}x{w}" for kind, (t, h, w) in zip([m.kind for m in media], shapes))
@@ -167,10 +194,11 @@ class PromptEncoder:
                                  f"max_prompt_length is {limit}", "too_long", sample.id)
         if self.vision.fit == "reject":
             raise BadSampleError(sample.ref, f"prompt too long: {numbers} (fit=reject)", "too_long", sample.id)
-        floors = [resolve_budget(m.options, self.vision).min_pixels for m in sample.media]
-        sizes = shrink_to_fit(shapes, floors, limit - text)
+        floors = [resolve_budget(m.options, self.vision, self.grid).min_pixels for m in sample.media]
+        sizes = shrink_to_fit(shapes, floors, limit - text, self.grid)
         if sizes is None:
-            floor_need = text + sum(vision_tokens(t, *resize_to(h, w, lo, lo)) for (t, h, w), lo in zip(shapes, floors))
+            floor_need = text + sum(vision_tokens(t, *resize_to(h, w, lo, lo, self.grid), self.grid)
+                                    for (t, h, w), lo in zip(shapes, floors))
             raise BadSampleError(
                 sample.ref,
                 f"prompt too long: {numbers}; even at min_pixels {floors} it needs {floor_need} tokens",

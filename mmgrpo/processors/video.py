@@ -18,7 +18,7 @@ import torchvision.transforms.v2.functional as tvF
 from torchvision.transforms import InterpolationMode
 
 from mmgrpo.config import VisionConfig
-from mmgrpo.processors.budget import Budget, FramePlan, frame_size, plan_frames, resolve_budget
+from mmgrpo.processors.budget import Budget, FramePlan, Grid, frame_size, plan_frames, resolve_budget
 from mmgrpo.processors.image import IMAGE_EXTENSIONS, check_file, load_image
 from mmgrpo.processors.sample import Media, MediaError
 
@@ -33,6 +33,10 @@ class Frames:
     fps: float  # frames per second of the sampled clip
     source_fps: float  # of the file (frame lists: the configured fps, see FrameListReader)
     duration: float  # seconds of the source
+    # source frame index of each of the T frames and the frames of the clip window they were sampled
+    # from: a frame's time is index / source_fps (Qwen3-VL writes it into the prompt)
+    indices: tuple[int, ...] = ()
+    clip_frames: int = 0
 
 
 class Reader(Protocol):
@@ -197,9 +201,10 @@ def resize_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor
     return tvF.resize(frames, [height, width], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
-def decode_video(media: Media, vision: VisionConfig) -> Frames:
-    """Sample and resize one video (`media.options` override `vision`). Raises MediaError."""
-    budget = resolve_budget(media.options, vision)
+def decode_video(media: Media, vision: VisionConfig, grid: Grid = Grid()) -> Frames:
+    """Sample and resize one video (`media.options` override `vision`) to multiples of the model's
+    `grid`. Raises MediaError."""
+    budget = resolve_budget(media.options, vision, grid)
     source = media.source
     if isinstance(source, list) or os.path.isdir(source):
         paths = source if isinstance(source, list) else frame_paths(source)
@@ -219,4 +224,5 @@ def decode_video(media: Media, vision: VisionConfig) -> Frames:
     except ValueError as e:  # aspect ratio beyond Qwen's 200:1
         raise MediaError(str(source), str(e), "unsupported_media") from e
     frames = resize_frames(frames, height, width)  # [T, 3, H, W] uint8
-    return Frames(frames=frames.contiguous(), fps=plan.sampled_fps, source_fps=source_fps, duration=plan.duration)
+    return Frames(frames=frames.contiguous(), fps=plan.sampled_fps, source_fps=source_fps, duration=plan.duration,
+                  indices=tuple(plan.indices), clip_frames=plan.clip_frames)

@@ -17,7 +17,9 @@ from transformers import ProcessorMixin
 from mmgrpo.config import LoraConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
 from mmgrpo.models.backends import RolloutBackend, make_backend
 from mmgrpo.models.generate import Sampling
+from mmgrpo.models.families import family_of
 from mmgrpo.models.loading import load_model, load_processor
+from mmgrpo.models.logprobs import shared_layout
 from mmgrpo.models.lora import prepare_policy, trainable_parameters
 from mmgrpo.models.reference import Reference, frozen, make_reference
 from mmgrpo.models.special import SpecialIds, special_ids
@@ -98,7 +100,8 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path 
     elif start_from is not None:
         base = str(start_from)
     model = load_model(base, model_cfg.dtype, device, adapter=adapter, trainable=adapter is not None,
-                       attn_implementation=model_cfg.attn_implementation, trust_remote_code=model_cfg.trust_remote_code)
+                       attn_implementation=model_cfg.attn_implementation, trust_remote_code=model_cfg.trust_remote_code,
+                       family=model_cfg.family)
     return prepare_policy(model, model_cfg, lora_cfg)
 
 
@@ -257,6 +260,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process,
                            start_step=state.step, lock=lock)
     special = special_ids(model, processor.tokenizer)
+    if accelerator.is_main_process:  # how one prompt serves its group, in the run's log
+        layout = shared_layout(model, training=True) if cfg.forward_mode == "shared" else "repeat rows"
+        print(f"[mmgrpo] {family_of(model).title}: forward_mode={cfg.forward_mode}, log-prob forward by {layout}")
     backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
                            Sampling.of(cfg.generation), cfg.forward_mode)
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mmgrpo.config import LossConfig, OptimConfig, TrainConfig
 from mmgrpo.models.logprobs import batch_logprobs
+from mmgrpo.models.moe import routing
 from mmgrpo.models.reference import Reference
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer.losses import LossInputs, Normalizer, compute_loss
@@ -47,11 +48,12 @@ class UpdateSettings:
     temperature: float  # the sampling temperature: log-probs of the distribution that was sampled
     max_new_tokens: int  # Dr. GRPO's constant normaliser
     pad_id: int
+    router_aux_loss_coef: float = 0.0  # MoE load-balancing loss weight (models.moe); 0 = none
 
     @classmethod
     def of(cls, cfg: TrainConfig, pad_id: int) -> "UpdateSettings":
         return cls(cfg.loss, cfg.optim, cfg.forward_mode, cfg.generation.temperature, cfg.generation.max_new_tokens,
-                   pad_id)
+                   pad_id, cfg.model.router_aux_loss_coef)
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,8 @@ def micro_loss(parts: PolicyParts, step: ScoredStep, chunk: list[Item], fixed: d
     if not real and not fill:  # this process has no group at all this step: a 1-token text forward
         ids = torch.zeros((1, 1), dtype=torch.long, device=parts.accelerator.device)  # [1, 1]
         return parts.model(input_ids=ids, use_cache=False).logits.sum() * 0.0, {}, 0
-    logp = logprobs_of(parts.model, [step.groups[i] for i in real + fill], s)  # (B + F) x [G, C_b]
+    with routing(parts.model) if s.router_aux_loss_coef else contextlib.nullcontext() as routed:
+        logp = logprobs_of(parts.model, [step.groups[i] for i in real + fill], s)  # (B + F) x [G, C_b]
     fillers = sum(lp.sum() * 0.0 for lp in logp[len(real):])  # [] joins the collectives, weighs 0
     if not real:
         return fillers, {}, 0
@@ -151,7 +154,13 @@ def micro_loss(parts: PolicyParts, step: ScoredStep, chunk: list[Item], fixed: d
         zero_std=step.zero_std[real].to(parts.accelerator.device),  # [B]
     )
     out = compute_loss(x, s.loss, norm)
-    return out.loss + fillers, {k: float(v) for k, v in out.metrics.items()}, len(real)
+    metrics = {k: float(v) for k, v in out.metrics.items()}
+    loss = out.loss + fillers
+    if routed is not None:  # weighted by the chunk's share of the step's sequences: the step adds coef * mean
+        aux = routed.loss()  # []
+        metrics["moe/aux_loss"] = float(aux.detach())
+        loss = loss + s.router_aux_loss_coef * aux * (sum(g.size for g in groups) / norm.sequences)
+    return loss, metrics, len(real)
 
 
 def zero_loss(model: torch.nn.Module) -> Tensor:
