@@ -223,6 +223,30 @@ def test_logs_are_cut_back_to_the_resumed_step_and_a_partial_line_is_dropped(tmp
     assert lines(tmp_path / "samples.jsonl") == [record(1), record(1), record(2), record(2)]
 
 
+def test_resumed_tensorboard_file_sorts_after_the_killed_runs_file(tmp_path):
+    """TensorBoard reads event files in name order (creation second, host, pid): a resume within the
+    same second as the killed run once wrote a file that sorted first, and the killed run's older
+    steps then undid the resume's purge (CI: TensorBoard showed steps 1-3 of 4)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = MetricsLogger(tmp_path, ["tensorboard"], {})
+    for step in (1, 2, 3):
+        first.log(step, {"loss": float(step)})
+    first.close()
+    old = next((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    # the killed run's file, renamed as if written this second on a host and pid that sort last
+    old.rename(old.with_name(f"events.out.tfevents.{int(time.time()):010d}.zzzz.99999999.0"))
+    resumed = MetricsLogger(tmp_path, ["tensorboard"], {}, start_step=2)
+    for step in (3, 4):
+        resumed.log(step, {"loss": 10.0 * step})
+    resumed.close()
+    names = sorted(p.name for p in (tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert "99999999" in names[0], names
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
 def test_failed_metrics_write_is_rolled_back_to_the_last_complete_line(tmp_path, monkeypatch):
     logger = MetricsLogger(tmp_path, ["jsonl"], {})
     logger.log(1, {"loss": 1.0})

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 KNOWN_SINKS = ("jsonl", "tensorboard", "wandb")
+EVENT_FILE_WAIT_S = 2.0
 
 
 class JsonlFile:
@@ -64,6 +66,20 @@ def cut_offset(path: Path, start_step: int) -> int | None:
     return None
 
 
+def wait_past_event_files(folder: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name is
+    `events.out.tfevents.<creation second>.<host>.<pid>...`: a resumed run's file created in the same
+    second as the killed run's could sort before it (by pid), and its purge would then be undone by
+    the older events read after it. Wait (at most `limit_s`) until the clock is past the newest file's
+    second, so the new file sorts last (at most EVENT_FILE_WAIT_S: a clock behind the files' names
+    must not hang the start)."""
+    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+               if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+    deadline = time.time() + EVENT_FILE_WAIT_S
+    while seconds and int(time.time()) <= max(seconds) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 class MetricsLogger:
     """`start_step`: the step the run starts from (0, or the resumed checkpoint's): later records
     already in the logs are of steps this run trains again. `lock`: the run's `RunLock`, released
@@ -88,6 +104,7 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             # the first step this run logs is start_step + 1: TensorBoard drops events from there on
+            wait_past_event_files(self.dir / "tensorboard")
             self.tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_step + 1)
         if "wandb" in report_to:
             import wandb  # optional extra: pip install mmgrpo[wandb]
@@ -111,6 +128,12 @@ class MetricsLogger:
         if not self.enabled:
             return
         self.samples.append([{"step": step, **r} for r in records])
+
+    def flush(self) -> None:
+        """Before a checkpoint is written: the logs then cover every step the checkpoint covers, even
+        if the process is killed next (TensorBoard otherwise queues up to 120 s of events)."""
+        if self.tb is not None:
+            self.tb.flush()
 
     def close(self) -> None:
         if self.enabled:

@@ -285,6 +285,7 @@ def save(run: Run) -> Path:
     full = acc.get_state_dict(run.model) if dist.shards_params(acc) else None
     path = ckpt.checkpoint_dir(run.cfg.output_dir, run.state.step)
     if acc.is_main_process:
+        run.logger.flush()  # the logs cover every step the checkpoint covers, even if killed next
         path = ckpt.save_checkpoint(run.cfg.output_dir, state, run.policy, run.processor, optimizer,
                                     run.cfg.save_total_limit, state_dict=full)
     acc.wait_for_everyone()
