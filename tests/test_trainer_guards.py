@@ -93,3 +93,29 @@ def test_dapo_preset_trains_with_dapo_settings(tiny_dir, task, tmp_path, monkeyp
     for bad, key in (("loss.preset=dapoo", "loss.preset"), ("loss.objective=dapo", "loss.objective")):
         with pytest.raises(ConfigError, match=f"^{key}: "):
             tiny_train_config(tiny_dir, task, tmp_path / "x", reward_file(tmp_path), bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_is_an_error_and_the_weights_are_kept(bad):
+    """An AdamW step on NaN/inf gradients would turn every weight into NaN, and the next checkpoint
+    with it: the update refuses, with the weights and optimizer state as they were."""
+    from accelerate import Accelerator
+
+    from mmgrpo.trainer.update import NonFiniteGradientError, PolicyParts, optimizer_step
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    parts = PolicyParts(Accelerator(cpu=True), model, None, opt, sched)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model(torch.ones(1, 3)).sum().backward()
+    model.weight.grad[0, 0] = bad
+    with pytest.raises(NonFiniteGradientError, match="weights were not updated"):
+        optimizer_step(parts, max_grad_norm=1.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert opt.state == {} and all(p.grad is None for p in model.parameters())
+    model(torch.ones(1, 3)).sum().backward()  # a finite gradient still steps
+    assert optimizer_step(parts, max_grad_norm=1.0) > 0
+    assert not torch.equal(model.weight, before["weight"])

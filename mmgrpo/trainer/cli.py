@@ -39,10 +39,11 @@ def _run(verb: str, fn, cfg) -> Path | None:
     from mmgrpo.trainer.checkpoint import DiskFullError
     from mmgrpo.trainer.rewards import RewardError
     from mmgrpo.trainer.runlock import RunLockedError
+    from mmgrpo.trainer.update import NonFiniteGradientError
 
     try:
         return fn(cfg)
-    except (RunLockedError, DiskFullError, RewardError, ValueError, FileNotFoundError) as e:
+    except (RunLockedError, DiskFullError, RewardError, NonFiniteGradientError, ValueError, FileNotFoundError) as e:
         print(f"mmgrpo {verb}: {e}", file=sys.stderr)
         return None
 

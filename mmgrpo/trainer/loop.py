@@ -31,7 +31,7 @@ from mmgrpo.trainer.phases import advantages, next_prompts, timed
 from mmgrpo.trainer.records import ScoredStep
 from mmgrpo.trainer.setup import Run, save, setup
 from mmgrpo.trainer.temporal import temporal_metrics
-from mmgrpo.trainer.update import policy_update
+from mmgrpo.trainer.update import NonFiniteGradientError, policy_update
 
 
 def seed_everything(seed: int) -> None:
@@ -75,7 +75,10 @@ def run_steps(run: Run, bar) -> Path | None:
     while run.state.step < cfg.max_steps:
         t0 = time.perf_counter()
         seed_everything(ckpt.step_seed(cfg.seed, run.state.step, 10_000 + acc.process_index))
-        step, stats = train_step(run, timings)
+        try:
+            step, stats = train_step(run, timings)
+        except NonFiniteGradientError as e:  # name the step: the user resumes from the checkpoint before it
+            raise NonFiniteGradientError(f"step {run.state.step + 1}: {e}") from None
         run.state.step += 1
         if run.eval_samples and cfg.eval.every and run.state.step % cfg.eval.every == 0:
             with timed(timings, "eval"):

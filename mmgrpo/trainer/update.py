@@ -188,8 +188,20 @@ def accumulate(parts: PolicyParts, step: ScoredStep, chunks: list[list[Item]], f
     return share
 
 
+class NonFiniteGradientError(RuntimeError):
+    """The update's gradient norm is NaN or inf (bf16/fp32: no loss scaler to skip the step)."""
+
+
 def optimizer_step(parts: PolicyParts, max_grad_norm: float) -> float:
     grad_norm = parts.accelerator.clip_grad_norm_(parts.model.parameters(), max_grad_norm)
+    # The norm is global (taken after the gradient sync), so every process decides alike. An AdamW
+    # step on NaN gradients would make every weight NaN and the next checkpoint worthless; fp16's
+    # loss scaler skips such steps itself, which is its normal start-up, so it is left to it.
+    if grad_norm is not None and parts.accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
+        parts.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteGradientError(
+            f"the gradient norm is {float(grad_norm)}: the weights were not updated and the last checkpoint "
+            "is intact; lower optim.lr, check the reward scale, or train in model.dtype=float32")
     parts.optimizer.step()
     parts.lr_scheduler.step()
     parts.optimizer.zero_grad(set_to_none=True)
