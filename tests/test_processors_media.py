@@ -53,6 +53,21 @@ def test_every_mode_becomes_rgb(tmp_path, mode):
     assert np.abs(np.asarray(image).astype(int) - np.array(colour)).max() <= 12
 
 
+@pytest.mark.parametrize("mode, stored, top", [("I", np.int32, 65535), ("F", np.float32, 1.0), ("I", np.int32, 255)])
+def test_wide_grey_modes_keep_their_levels(tmp_path, mode, stored, top):
+    """32-bit int (a 16-bit TIFF opens as mode I) and float images are scaled from their stored range;
+    PIL's own convert clips at 255 and turned a mid-grey 16-bit image white."""
+    from PIL import Image
+
+    levels = np.array([[0.0, 0.25, 0.5, 1.0]]).repeat(8, axis=0)  # [8, 4] fractions of full scale
+    path = tmp_path / "wide.tif"
+    Image.fromarray((levels * top).astype(stored), mode=mode).save(path)
+    image = load_image(str(path))
+    assert image.mode == "RGB"
+    got = np.asarray(image)[0, :, 0].astype(int)  # [4] one row, red channel (grey: all equal)
+    assert np.abs(got - np.round(levels[0] * 255)).max() <= 1, got
+
+
 def test_rgba_transparent_pixels_become_white(tmp_path):
     rgb = solid_frames(1, 20, 20, (0, 0, 0))[0]
     alpha = np.zeros((20, 20), dtype=np.uint8)

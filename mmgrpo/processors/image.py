@@ -51,11 +51,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L"):
         wide = np.asarray(image, dtype=np.uint16)  # [H, W]
         image = Image.fromarray((wide >> 8).astype(np.uint8))
+    if image.mode in ("I", "F"):  # 32-bit int / float: PIL's convert clips at 255 (a 16-bit TIFF turns white)
+        image = Image.fromarray(_to_uint8(np.asarray(image, dtype=np.float64), image.mode))  # [H, W]
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("LA", "PA"):
         image = image.convert("RGBA")
     return to_rgb(image)  # RGBA on white, everything else through PIL's convert
+
+
+def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """[H, W] -> [H, W] uint8, scaled from the range the values were stored in: 0-1 floats, 8-bit or
+    16-bit integers (the usual contents of mode F / I files), else the image's own maximum."""
+    top = float(values.max(initial=0.0))
+    for scale in ((1.0,) if mode == "F" else ()) + (255.0, 65535.0):
+        if top <= scale:
+            top = scale
+            break
+    return np.clip(np.round(values / max(top, 1e-12) * 255.0), 0, 255).astype(np.uint8)
 
 
 def image_frames(image: Image.Image, budget: Budget) -> torch.Tensor:
