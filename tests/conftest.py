@@ -70,3 +70,19 @@ def family_model(family_dir):
         return loaded[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    """The small demo-style task (media + JSONL) of tests.trainer_utils, once per test module."""
+    from tests.trainer_utils import small_task
+
+    return small_task(tmp_path_factory.mktemp("task"))
+
+
+@pytest.fixture(scope="module")
+def rewards(tmp_path_factory):
+    """A reward-function file (accuracy on the task's answers), once per test module."""
+    from tests.trainer_utils import reward_file
+
+    return reward_file(tmp_path_factory.mktemp("rewards"))

@@ -30,7 +30,7 @@ import yaml
 from mmgrpo.config import TrainConfig, to_dict
 from mmgrpo.trainer.checkpoint import latest_checkpoint, load_trainer_state
 from mmgrpo.trainer.loop import train
-from tests.trainer_utils import REWARD_FILE, small_task, tiny_train_config, weights
+from tests.trainer_utils import REWARD_FILE, tiny_train_config, weights
 
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
@@ -44,11 +44,6 @@ def even_flat_reward(completions, id, **columns):
     even = int(id[0].rsplit("-", 1)[1]) % 2 == 0
     return [1.0 if even else float(len(c)) / 10.0 for c in completions]
 '''
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
 
 
 @pytest.fixture(scope="module")

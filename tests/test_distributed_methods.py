@@ -3,7 +3,7 @@ rounds, kept groups, rewards, losses and weights as one process with the same gl
 from __future__ import annotations
 
 from mmgrpo.trainer.loop import train
-from tests.test_distributed import assert_same_run, launch_ok, metrics, rewards, task  # noqa: F401 (fixtures)
+from tests.test_distributed import assert_same_run, launch_ok, metrics, rewards  # noqa: F401 (its reward fixture)
 from tests.trainer_utils import tiny_train_config
 
 

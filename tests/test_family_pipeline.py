@@ -10,19 +10,9 @@ import json
 import pytest
 
 from mmgrpo.models.families import FAMILIES
-from tests.trainer_utils import reward_file, small_task, tiny_train_config
+from tests.trainer_utils import tiny_train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
-
-
-@pytest.fixture(scope="module")
-def rewards(tmp_path_factory):
-    return reward_file(tmp_path_factory.mktemp("rewards"))
 
 
 def check_data(base, task, tmp_path) -> list[dict]:

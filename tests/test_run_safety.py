@@ -21,7 +21,7 @@ from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer.logger import MetricsLogger
 from mmgrpo.trainer.loop import train
 from tests.test_sft import sft_cfg
-from tests.trainer_utils import reward_file, small_task, tiny_train_config
+from tests.trainer_utils import reward_file, tiny_train_config
 
 # Held busy by its reward function: the call numbered MMGRPO_TEST_BLOCK_AT_CALL writes the process id
 # into MMGRPO_TEST_BUSY_FILE and sleeps until the test kills the process.
@@ -38,11 +38,6 @@ def busy_reward(completions, **columns):
         time.sleep(600)
     return [float(len(c)) / 10.0 for c in completions]
 '''
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
 
 
 @pytest.fixture

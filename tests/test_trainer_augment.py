@@ -9,7 +9,7 @@ import torch
 
 from mmgrpo.trainer.checkpoint import load_trainer_state
 from mmgrpo.trainer.loop import train
-from tests.trainer_utils import small_task, tiny_train_config, weights
+from tests.trainer_utils import tiny_train_config, weights
 
 # Even-numbered samples always score 1 (flat, easy groups: the "harder" branch perturbs their
 # video); odd ones score by completion length (groups with variance, so training moves weights).
@@ -17,11 +17,6 @@ REWARD = '''
 def easy_or_length(completions, id, **columns):
     return [1.0 if int(i[-1]) % 2 == 0 else len(c) / 20.0 for c, i in zip(completions, id)]
 '''
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
 
 
 def _config(tiny_dir, task, tmp_path, out, *extra):

@@ -13,7 +13,7 @@ import torch
 from mmgrpo.trainer import update
 from mmgrpo.trainer.dynamic import chosen_streams
 from mmgrpo.trainer.loop import train
-from tests.trainer_utils import small_task, tiny_train_config, weights
+from tests.trainer_utils import tiny_train_config, weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,11 +23,6 @@ def even_flat(completions, id, **columns):
     even = int(id[0].rsplit("-", 1)[1]) % 2 == 0
     return [1.0 if even else float(len(c)) / 10.0 for c in completions]
 '''
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,7 @@ from mmgrpo.trainer.loop import train
 from mmgrpo.trainer.phases import reward_columns
 from mmgrpo.trainer.rewards import REWARDS
 from tests.test_sft import sft_cfg
-from tests.trainer_utils import reward_file, small_task, tiny_train_config, weights
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
+from tests.trainer_utils import reward_file, tiny_train_config, weights
 
 
 def test_duplicate_ids_are_refused(tiny_dir, task, tmp_path):

@@ -19,20 +19,10 @@ from mmgrpo.trainer.loop import train
 from mmgrpo.trainer.phases import encode, rollout_prompts
 from mmgrpo.trainer.setup import setup
 from mmgrpo.trainer.update import logprobs_of
-from tests.trainer_utils import reward_file, small_task, tiny_train_config
+from tests.trainer_utils import tiny_train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 STEPS = 16
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
-
-
-@pytest.fixture(scope="module")
-def rewards(tmp_path_factory):
-    return reward_file(tmp_path_factory.mktemp("rewards"))
 
 
 def kl_to_start(run, start: torch.nn.Module) -> float:

@@ -16,19 +16,9 @@ import torch
 from mmgrpo.config import AugmentConfig, ConfigError, LoraConfig, SFTConfig, TrainConfig, load_config
 from mmgrpo.trainer import update
 from mmgrpo.trainer.loop import train
-from tests.trainer_utils import reward_file, small_task, tiny_train_config, weights
+from tests.trainer_utils import tiny_train_config, weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
-
-
-@pytest.fixture(scope="module")
-def rewards(tmp_path_factory):
-    return reward_file(tmp_path_factory.mktemp("rewards"))
 
 
 @pytest.fixture

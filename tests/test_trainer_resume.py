@@ -18,12 +18,7 @@ from safetensors.torch import load_file
 from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer.checkpoint import TrainerState, latest_checkpoint, load_trainer_state, resolve_resume
 from mmgrpo.trainer.loop import train
-from tests.trainer_utils import reward_file, small_task, tiny_train_config, weights
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
+from tests.trainer_utils import reward_file, tiny_train_config, weights
 
 
 def _cli_args(cfg_overrides: list[str]) -> list[str]:

@@ -8,17 +8,7 @@ import torch
 
 from mmgrpo.trainer.checkpoint import latest_checkpoint
 from mmgrpo.trainer.loop import train
-from tests.trainer_utils import reward_file, small_task, tiny_train_config, weights
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
-
-
-@pytest.fixture(scope="module")
-def rewards(tmp_path_factory):
-    return reward_file(tmp_path_factory.mktemp("rewards"))
+from tests.trainer_utils import tiny_train_config, weights
 
 
 VARIANTS = {  # paper presets; the beta of GRPO's preset gives a KL against the adapter-disabled base

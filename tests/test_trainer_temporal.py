@@ -17,20 +17,10 @@ from mmgrpo.trainer import update
 from mmgrpo.trainer.loop import train
 from mmgrpo.trainer.records import RolloutGroup
 from mmgrpo.trainer.temporal import frame_order, shuffled_prompt, temporal_bonus
-from tests.trainer_utils import reward_file, small_task, tiny_train_config
+from tests.trainer_utils import tiny_train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 NAN = float("nan")
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
-
-
-@pytest.fixture(scope="module")
-def rewards(tmp_path_factory):
-    return reward_file(tmp_path_factory.mktemp("rewards"))
 
 
 def test_frame_order_is_a_permutation_and_never_the_identity():
