@@ -1,5 +1,5 @@
 """Paper settings as data: `loss.preset=NAME` fills every setting of the sections listed here that
-the YAML / overrides leave unset (mmgrpo.config.with_preset). The trainer reads only the resulting
+the YAML / overrides leave unset (mmgrpo.config.load.with_preset). The trainer reads only the resulting
 settings, never a preset's name. docs/methods.md lists every method with its paper section and
 our deviations. This module imports nothing from mmgrpo."""
 from __future__ import annotations
