@@ -154,10 +154,15 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    # names of built-ins (mmgrpo.trainer.rewards.REWARDS), "judge" (the `judge` section) or "path/to/file.py:function"
+    # names of built-ins (mmgrpo.trainer.rewards.REWARDS), "judge" (the `judge` section),
+    # "path/to/file.py:function" or "module.path:function" (e.g. trl.rewards:think_format_reward)
     functions: tuple[str, ...] = ("accuracy", "format")
     weights: tuple[float, ...] = (1.0, 0.5)
     on_error: Literal["raise", "zero"] = "raise"
+    # what a user's function gets as `completions`: TRL's shape for conversational data (a list
+    # [{"role": "assistant", "content": text}] per completion), or plain strings. Built-ins and
+    # ms-swift ORM classes (`module:Class`) always get strings (trainer/rewards.py)
+    completions: Literal["messages", "text"] = "messages"
     timeout_s: float = bounded(120.0, gt=0)  # per call of one function on a group; a timeout counts as an error
     numeric_tolerance: float = bounded(1e-2, ge=0)  # relative; evaluation scores with the same value
     overlong_buffer: int = bounded(64, ge=1)  # soft overlong penalty window C (DAPO §3.4)

@@ -255,7 +255,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
     terms = reward_terms(cfg)
     rewards = RewardRunner(reward_functions(cfg, accelerator.device), terms.weights[: len(terms.specs)],
-                           cfg.reward.on_error, timeout_s=cfg.reward.timeout_s)
+                           cfg.reward.on_error, timeout_s=cfg.reward.timeout_s, completions=cfg.reward.completions)
     # the logs are cut back to the step the run starts from; the logger releases the lock when it closes
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process,
                            start_step=state.step, lock=lock)
