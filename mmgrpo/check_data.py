@@ -23,6 +23,7 @@ from mmgrpo.processors.budget import Grid, vision_tokens
 from mmgrpo.processors.cache import MediaCache
 from mmgrpo.processors.encode import PromptEncoder, count_tokens, decode_media
 from mmgrpo.processors.formats import load_samples
+from mmgrpo.processors.peers import EasyR1Keys
 from mmgrpo.processors.sample import BadSampleError, MediaError, Sample
 
 
@@ -41,6 +42,7 @@ class Record:
     total: int | None = None
     frames: list[int] | None = None
     resolution: list[list[int]] | None = None  # (H, W) per media item
+    notes: list[str] | None = None  # what loading added to the row (inserted media placeholders)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -87,6 +89,8 @@ def summarize(records: list[Record]) -> str:
     for kind, n in sorted(Counter(r.kind for r in bad).items()):
         lines.append(f"  {kind}: {n}")
     lines += [f"  BAD {r.error}" for r in bad]
+    for note, n in sorted(Counter(note for r in records for note in r.notes or []).items()):
+        lines.append(f"  {n} sample{'s' if n > 1 else ''}: {note}")
     for name in ("total", "text", "image", "video"):
         values = [getattr(r, name) for r in ok if getattr(r, name) is not None]
         if values:
@@ -105,16 +109,20 @@ def main(argv: list[str]) -> int:
 
         encoder = PromptEncoder(load_processor(args.model, cfg.model.trust_remote_code), cfg.vision, cache)
     records: list[Record] = []
+    logging.getLogger("mmgrpo.processors.formats").setLevel(logging.ERROR)  # skipped rows: reported below, once
     for path in args.data:
         try:
             result = load_samples(path, cfg.data.format, "skip", cfg.data.system_prompt, cfg.data.prompt_suffix,
-                                  media_root=cfg.data.media_root)
+                                  media_root=cfg.data.media_root, keys=EasyR1Keys.of(cfg.data))
         except (OSError, ValueError) as e:  # the file itself is unusable: nothing per sample to report
             print(f"mmgrpo check-data: {path}: {e}", file=sys.stderr)
             return 2
         for e in result.skipped:
             records.append(Record(id=e.sample_id or e.sample_ref, ok=False, source=str(path), error=str(e), kind=e.kind))
-        records += [check_sample(s, encoder, cfg.vision, cache, FAMILIES[args.family].grid) for s in result.samples]
+        for s in result.samples:
+            record = check_sample(s, encoder, cfg.vision, cache, FAMILIES[args.family].grid)
+            record.notes = list(s.notes) or None
+            records.append(record)
     if args.report:
         with open(args.report, "w") as f:
             for r in records:

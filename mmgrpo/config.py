@@ -98,7 +98,8 @@ class VisionConfig:
 class DataConfig:
     train: tuple[str, ...] = ()  # JSONL / JSON / parquet files or HF dataset folders
     eval: tuple[str, ...] = ()
-    format: Literal["auto", "trl", "swift", "plain"] = "auto"
+    # auto: per row by its columns (processors/formats.py); videor1 / easyr1: those projects' training data
+    format: Literal["auto", "trl", "swift", "plain", "videor1", "easyr1"] = "auto"
     on_bad_sample: Literal["raise", "skip"] = "raise"
     system_prompt: str | None = None
     prompt_suffix: str = ""  # appended to each question (e.g. the answer-format instruction)
@@ -107,6 +108,12 @@ class DataConfig:
     # (as TRL / ms-swift do). A folder: relative paths resolve against it, and a path that leaves it
     # (`../`, absolute, `~`, a symlink pointing out) is a bad sample.
     media_root: str | None = None
+    # EasyR1-format columns, named as in EasyR1's `data:` section (its example config's values); ""
+    # for image_key / video_key = no such column
+    prompt_key: str = "problem"
+    answer_key: str = "answer"
+    image_key: str = "images"
+    video_key: str = "videos"
 
 
 @dataclass(frozen=True)
