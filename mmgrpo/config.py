@@ -304,7 +304,9 @@ class TrainConfig:
     save_every: int = bounded(50, ge=0)  # 0 = only at the end
     save_total_limit: int | None = bounded(None, ge=1)  # None = keep every checkpoint
     resume_from: str | None = None  # "auto" | checkpoint path
-    init_from: str | None = None  # start weights (e.g. an `mmgrpo sft` checkpoint)
+    # start weights (e.g. an `mmgrpo sft` checkpoint). With resume_from too (the same command +
+    # resume_from=auto): used when there is nothing to resume, else it must be the run's own
+    init_from: str | None = None
     log_every: int = bounded(1, ge=1)
     sample_every: int = bounded(10, ge=0)  # log sample completions every N steps (0 = never)
     report_to: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl", "tensorboard")
@@ -550,8 +552,6 @@ def validate(cfg: Any) -> None:
         check_reward_terms(cfg)
         if cfg.prompts_per_step % cfg.optim.grad_accum:
             raise ConfigError("prompts_per_step must be a multiple of optim.grad_accum")
-        if cfg.resume_from and cfg.init_from:
-            raise ConfigError("resume_from and init_from exclude each other: resume continues a run, init starts one")
         if cfg.optim.updates_per_rollout > 1 and cfg.lora.enabled and cfg.lora.dropout > 0:
             raise ConfigError(f"lora.dropout={cfg.lora.dropout:g} with optim.updates_per_rollout="
                               f"{cfg.optim.updates_per_rollout}: the old log-probs are computed without dropout, so "

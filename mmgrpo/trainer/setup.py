@@ -107,7 +107,7 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path 
 
 def run_init(cfg: TrainConfig, resume: Path | None) -> Path | None:
     """The checkpoint the run started from: cfg.init_from, or on resume the one the run recorded
-    (resume_from and init_from exclude each other in a config)."""
+    (check_start has checked that a config's init_from is that one)."""
     init = ckpt.load_trainer_state(resume).config["init_from"] if resume is not None else cfg.init_from
     return Path(init) if init else None
 
@@ -159,6 +159,11 @@ def check_start(cfg: TrainConfig, resume: Path | None) -> None:
     if state.kind != "grpo":
         raise ValueError(f"resume_from={resume} is an `mmgrpo sft` checkpoint: start RL from it with "
                          f"init_from={resume}")
+    recorded = state.config.get("init_from")
+    if cfg.init_from is not None and (recorded is None or Path(cfg.init_from).resolve() != Path(recorded).resolve()):
+        raise ValueError(f"resume from {resume}: init_from={cfg.init_from} in the config, but the run started from "
+                         f"{recorded or 'the base model'}; resume with that init_from (or none), or start a new run "
+                         "in a new output_dir")
     resume_checks.config_changes(state.config, cfg, resume)
     resume_checks.check_checkpoint(state, resume, cfg)
 
