@@ -25,6 +25,7 @@ from mmgrpo.processors.encode import PromptEncoder, count_tokens, decode_media
 from mmgrpo.processors.formats import load_samples
 from mmgrpo.processors.peers import EasyR1Keys
 from mmgrpo.processors.sample import BadSampleError, MediaError, Sample
+from mmgrpo.parsers import check_data_parser
 
 
 @dataclass
@@ -46,15 +47,7 @@ class Record:
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="mmgrpo check-data", description=__doc__.split("\n\n")[1])
-    p.add_argument("data", nargs="+", help="JSONL / JSON / parquet files or datasets folders")
-    p.add_argument("--model", help="model folder or hub id whose processor to use")
-    p.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl",
-                   help="without --model: the family whose patch grid sizes the media (default qwen2_5_vl)")
-    p.add_argument("--config", help="training YAML whose vision / data settings to use")
-    p.add_argument("--report", help="write one JSON line per sample here")
-    p.add_argument("--allow-bad", action="store_true", help="exit 0 even when samples are bad")
-    return p.parse_args(argv)
+    return check_data_parser(__doc__.split("\n\n")[1]).parse_args(argv)
 
 
 def check_sample(sample: Sample, encoder: PromptEncoder | None, vision: VisionConfig, cache: MediaCache,
