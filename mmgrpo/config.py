@@ -328,6 +328,7 @@ class SFTConfig:
     target_template: str = "<answer>{answer}</answer>"
     save_every: int = bounded(0, ge=0)
     log_every: int = bounded(10, ge=1)
+    report_to: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl", "tensorboard")
     progress_bar: bool = True
 
 
@@ -514,20 +515,44 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def read_yaml(path: str | Path) -> dict:
+    loaded = _yaml(Path(path).read_text(), str(path)) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return loaded
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
     """Build `cls` from a YAML file (optional) and `key=value` overrides, then validate it."""
-    values: dict = {}
-    if path is not None:
-        loaded = _yaml(Path(path).read_text(), str(path)) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        values = loaded
+    values = read_yaml(path) if path is not None else {}
+    if cls is SFTConfig and is_train_config(values):
+        values = sft_values(values)
     values = _merge(values, parse_overrides(overrides or []))
     if cls is TrainConfig:
         values = with_preset(values)
     cfg = _build(cls, values)
     validate(cfg)
     return cfg
+
+
+# `mmgrpo sft TRAIN.yaml`: what SFT takes from a training config, the settings saying which model
+# and which data. Not the RL sections (rollouts, rewards, loss, DA, eval) nor the RL optimizer and
+# step count; the SFT run writes to the training run's output_dir + "-sft", keeping that folder
+# free for the RL run that starts from it.
+SFT_SHARED = ("model", "lora", "vision", "data", "seed", "report_to")
+
+
+def is_train_config(values: dict) -> bool:
+    """A file with a key that only training configs have."""
+    sft = {f.name for f in dataclasses.fields(SFTConfig)}
+    return any(k not in sft and k in {f.name for f in dataclasses.fields(TrainConfig)} for k in values)
+
+
+def sft_values(values: dict) -> dict:
+    """The SFT config values of a training config's (SFT_SHARED; output_dir + "-sft")."""
+    out = {k: values[k] for k in SFT_SHARED if k in values}
+    out["output_dir"] = f"{values.get('output_dir', TrainConfig.output_dir)}-sft"
+    return out
 
 
 def with_preset(values: dict) -> dict:

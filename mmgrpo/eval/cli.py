@@ -132,6 +132,10 @@ def eval_main(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"accuracy {100 * m.accuracy:.1f}% on {m.n} samples ({m.n_errors} errors, "
           f"{result.generated} evaluated now, {m.n - result.generated} resumed); report: {report}")
+    if m.n == m.n_errors:  # an accuracy over nothing is not a result: scripts must see the failure
+        print(f"mmgrpo eval: no sample could be scored ({m.n} samples, {m.n_errors} errors): see {report}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

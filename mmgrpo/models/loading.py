@@ -24,6 +24,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from mmgrpo.models.families import Family, UnsupportedFamily, family_of_config
+from mmgrpo.models.lora import quiet_peft_wrap
 from mmgrpo.models.keymap import LEGACY_KEY_MAPPING, current_pattern_dict, current_target_modules, is_legacy_key, remap_keys
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -110,8 +111,9 @@ def _load_adapter(base_model: PreTrainedModel, adapter_dir: Path,
     weights = load_peft_weights(str(adapter_dir), device="cpu")
     try:
         mapping = remap_keys(list(weights))
-        model = PeftModel.from_pretrained(base_model, str(adapter_dir), config=config, is_trainable=trainable,
-                                          key_mapping=LEGACY_KEY_MAPPING)
+        with quiet_peft_wrap():
+            model = PeftModel.from_pretrained(base_model, str(adapter_dir), config=config, is_trainable=trainable,
+                                              key_mapping=LEGACY_KEY_MAPPING)
     except (RuntimeError, ValueError) as e:  # size mismatch = adapter trained on another base
         raise LoadError(f"adapter {adapter_dir} does not fit the base model: {str(e)[:1500]}") from e
     in_file = {mapping[k]: v for k, v in weights.items()}

@@ -29,6 +29,7 @@ from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer import resume_checks, runlock
 from mmgrpo.trainer.logger import MetricsLogger
+from mmgrpo.trainer.summary import RunFacts, starting_point, summary
 from mmgrpo.trainer.update import PolicyParts, UpdateSettings
 
 
@@ -53,6 +54,7 @@ class Run:
     special: SpecialIds
     backend: RolloutBackend
     prompt_cache: OrderedDict = field(default_factory=OrderedDict)  # sample id -> PromptInputs (LRU)
+    flat_steps: int = 0  # steps of this process's run in which every group had equal rewards (warned about)
 
     @property
     def device(self) -> torch.device:
@@ -265,13 +267,25 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process,
                            start_step=state.step, lock=lock)
     special = special_ids(model, processor.tokenizer)
-    if accelerator.is_main_process:  # how one prompt serves its group, in the run's log
-        layout = shared_layout(model, training=True) if cfg.forward_mode == "shared" else "repeat rows"
-        print(f"[mmgrpo] {family_of(model).title}: forward_mode={cfg.forward_mode}, log-prob forward by {layout}")
+    if accelerator.is_main_process:
+        announce(cfg, accelerator, model, (resume, init), (samples, eval_samples, counters["skipped_samples"]))
     backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
                            Sampling.of(cfg.generation), cfg.forward_mode)
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
                samples, eval_samples, state, logger, augment, special, backend)
+
+
+def announce(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, start: tuple, data: tuple) -> None:
+    """The start-up summary (trainer/summary.py), and how one prompt serves its group."""
+    (resume, init), (samples, eval_samples, skipped) = start, data
+    adapter = (resume or init) is not None and is_adapter_folder(resume or init)  # trains the adapter it holds
+    lora = "(the checkpoint's adapter)" if adapter else f"r={cfg.lora.r}, alpha={cfg.lora.alpha}" if cfg.lora.enabled else None
+    facts = RunFacts("train", len(samples), skipped, len(eval_samples), cfg.model.name_or_path,
+                     starting_point(resume, init), lora, accelerator.num_processes, str(accelerator.device),
+                     cfg.output_dir)
+    print(summary(facts, model))
+    layout = shared_layout(model, training=True) if cfg.forward_mode == "shared" else "repeat rows"
+    print(f"  forward    {family_of(model).title}: forward_mode={cfg.forward_mode}, log-prob forward by {layout}")
 
 
 def save(run: Run) -> Path:
