@@ -14,7 +14,7 @@ import torch
 from mmgrpo.config import VisionConfig
 from mmgrpo.models.export import ExportError, Loaded, inspect_checkpoint, load_checkpoint, resolve_dtype
 from mmgrpo.models.generate import Sampling, generate_texts
-from mmgrpo.models.loading import LoadError, load_model, load_processor
+from mmgrpo.models.loading import LoadError, hub_or_folder, load_model, load_processor, model_location
 from mmgrpo.models.special import special_ids
 from mmgrpo.processors.encode import PromptEncoder
 from mmgrpo.processors.sample import Media, PromptInputs, Sample
@@ -45,7 +45,8 @@ def load_for_inference(model: str | None, adapter: str | None, dtype: str, devic
         raise ExportError("pass --model (a model folder, hub id or checkpoint) or --adapter")
     if Path(model).is_dir():
         return load_checkpoint(inspect_checkpoint(model), None, dtype, device)
-    dtype = resolve_dtype(dtype, model)  # a hub id
+    model = model_location(model)  # a hub id, or "no such folder"
+    dtype = hub_or_folder(model, lambda name: resolve_dtype(dtype, name))
     return Loaded(load_model(model, dtype, device).eval(), load_processor(model), None, None, dtype)
 
 
@@ -70,9 +71,9 @@ def greedy_answer(model: torch.nn.Module, processor, prompt: PromptInputs, max_n
 def answer(req: InferRequest, log: Callable[[str], None] = print) -> str:
     if not req.media:
         raise ExportError("pass at least one --video or --image")
-    for _, path in req.media:
-        if not Path(path).is_file():
-            raise ExportError(f"{path}: no such file")
+    for kind, path in req.media:
+        if not (Path(path).is_file() or (kind == "video" and Path(path).is_dir())):  # a folder of frames, as in training
+            raise ExportError(f"--{kind} {path}: no such file" + (" or folder of frames" if kind == "video" else ""))
     loaded = load_for_inference(req.model, req.adapter, req.dtype, req.device)
     for note in loaded.notes:
         log(f"note: {note}")
