@@ -9,6 +9,7 @@ reason and token-count percentiles. Exit status 1 when any sample is bad, unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -92,6 +93,18 @@ def summarize(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def quiet_skips():
+    """The loader's per-row "skipping ..." warnings off while check-data loads (it lists them itself)."""
+    logger = logging.getLogger("mmgrpo.processors.formats")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def main(argv: list[str]) -> int:
     args = _parse(argv)
     cfg = load_config(TrainConfig, args.config) if args.config else TrainConfig()
@@ -102,11 +115,11 @@ def main(argv: list[str]) -> int:
 
         encoder = PromptEncoder(load_processor(args.model, cfg.model.trust_remote_code), cfg.vision, cache)
     records: list[Record] = []
-    logging.getLogger("mmgrpo.processors.formats").setLevel(logging.ERROR)  # skipped rows: reported below, once
     for path in args.data:
         try:
-            result = load_samples(path, cfg.data.format, "skip", cfg.data.system_prompt, cfg.data.prompt_suffix,
-                                  media_root=cfg.data.media_root, keys=EasyR1Keys.of(cfg.data))
+            with quiet_skips():  # skipped rows are reported below, once each
+                result = load_samples(path, cfg.data.format, "skip", cfg.data.system_prompt, cfg.data.prompt_suffix,
+                                      media_root=cfg.data.media_root, keys=EasyR1Keys.of(cfg.data))
         except (OSError, ValueError) as e:  # the file itself is unusable: nothing per sample to report
             print(f"mmgrpo check-data: {path}: {e}", file=sys.stderr)
             return 2

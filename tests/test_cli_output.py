@@ -89,3 +89,26 @@ def test_eval_fails_when_no_sample_could_be_scored(tiny_dir, tmp_path, capsys):
     rc = cli_main(["eval", "--model", str(tiny_dir), "--data", str(data), "--out", str(tmp_path / "ev"), "--no-progress"])
     assert rc == 1
     assert "no sample could be scored" in capsys.readouterr().err
+
+
+def test_no_deprecation_warnings_when_a_run_builds_its_policy(tiny_dir):
+    """Gradient checkpointing and PEFT's wrap warned with a FutureWarning on every run."""
+    import warnings
+
+    from mmgrpo.config import LoraConfig, ModelConfig
+    from mmgrpo.trainer.setup import build_policy
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_policy(ModelConfig(name_or_path=str(tiny_dir), dtype="fp32", gradient_checkpointing=True),
+                     LoraConfig(r=2, alpha=4), None, "cpu")
+    noise = [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not noise, [str(w.message) for w in noise]
+
+
+def test_check_data_names_each_bad_row_once(tmp_path, capsys, caplog):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "lost", "question": "q?", "answer": "a", "video": "lost-video.mp4"}) + "\n")
+    assert cli_main(["check-data", str(data)]) == 1
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err + caplog.text).count("lost-video.mp4") == 1  # logged rows included
