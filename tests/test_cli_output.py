@@ -53,9 +53,13 @@ def test_startup_summary_heldout_and_flat_steps_are_printed(tiny_dir, tmp_path, 
     task = small_task(tmp_path / "task")
     flat = flat_reward(tmp_path)
     cfg = tiny_train_config(tiny_dir, task, tmp_path / "run", reward_file(tmp_path), f"reward.functions=[{flat}:flat]",
-                            f"data.eval=[{task.heldout}]", "eval.every=1", "eval.max_new_tokens=4", "max_steps=1")
+                            f"data.eval=[{task.heldout}]", "eval.every=1", "eval.max_new_tokens=4", "max_steps=1",
+                            "progress_bar=true")
     train(cfg)
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # the bar shows the figures that move (a Reg-GRPO loss sits near 1 by construction)
+    assert "reward=1.000" in captured.err and "flat=1.00" in captured.err and "loss=" in captured.err
     assert "[mmgrpo train] 8 training samples, 4 held-out" in out
     assert f"model      {tiny_dir}, starting from the base model's weights" in out
     assert "training   LoRA r=4, alpha=8:" in out and "trainable of" in out
