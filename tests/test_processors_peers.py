@@ -135,3 +135,11 @@ def test_training_run_on_video_r1_data_with_trl_rewards(tiny_dir, data_dir, tmp_
     train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["step"] == 1 and metrics["reward/mean"] is not None
+
+
+def test_video_r1_rows_in_evaluation(data_dir):
+    """Video-R1's evaluation JSON has the training JSON's columns: read as written by `mmgrpo eval`."""
+    from mmgrpo.eval.bench import load_eval_data
+
+    (item,) = load_eval_data([str(write(data_dir, "eval_mvbench.json", [VIDEO_R1_ROW]))])
+    assert item.answer == "B" and item.problem_type == "multiple_choice" and item.media[0].kind == "video"
