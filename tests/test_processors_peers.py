@@ -119,22 +119,24 @@ def test_check_data_reports_inserted_placeholders(data_dir, capsys):
     assert "1 sample: inserted 1 image placeholder (as TRL does)" in out
 
 
-def test_training_run_on_video_r1_data_with_trl_rewards(tiny_dir, data_dir, tmp_path):
-    """A new user's run: Video-R1's JSON and TRL's reward function, neither edited."""
+def test_training_run_on_every_peer_format_with_trl_rewards(tiny_dir, data_dir, tmp_path):
+    """A new user's run: Video-R1, EasyR1, ms-swift and TRL rows (one file each) and TRL's reward
+    function, none of them edited; one step takes every sample."""
     pytest.importorskip("trl")
     from mmgrpo.trainer.loop import train
 
-    rows = [dict(VIDEO_R1_ROW, problem_id=i) for i in range(2)]
-    data = write(data_dir, "Video-R1-train.json", rows)
+    files = [write(data_dir, "Video-R1-train.json", [VIDEO_R1_ROW]), write(data_dir, "easyr1.jsonl", [EASYR1_ROW]),
+             write(data_dir, "swift-train.jsonl", [SWIFT_ROW]), write(data_dir, "trl-train.jsonl", [TRL_ROW])]
     cfg = load_config(TrainConfig, None, [
-        f"model.name_or_path={tiny_dir}", "model.dtype=fp32", f"data.train=[{data}]", "vision.nframes=2",
-        "vision.min_frames=2", "vision.max_frames=2", "vision.max_pixels=3136", "vision.min_pixels=784",
-        "generation.num_generations=2", "generation.max_new_tokens=4", "prompts_per_step=2", "max_steps=1",
-        "reward.functions=[trl.rewards:think_format_reward, accuracy]", "reward.weights=[1.0, 1.0]",
-        f"output_dir={tmp_path / 'run'}", "progress_bar=false", "report_to=[jsonl]", "lora.r=2", "lora.alpha=4"])
+        f"model.name_or_path={tiny_dir}", "model.dtype=fp32", f"data.train=[{','.join(map(str, files))}]",
+        "vision.nframes=2", "vision.min_frames=2", "vision.max_frames=2", "vision.max_pixels=3136",
+        "vision.min_pixels=784", "generation.num_generations=2", "generation.max_new_tokens=4", "prompts_per_step=4",
+        "max_steps=1", "reward.functions=[trl.rewards:think_format_reward, accuracy]", "reward.weights=[1.0, 1.0]",
+        f"output_dir={tmp_path / 'run'}", "progress_bar=false", "report_to=[jsonl]", "lora.r=2", "lora.alpha=4",
+        "sample_every=1"])
     train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert metrics["step"] == 1 and metrics["reward/mean"] is not None
+    assert metrics["step"] == 1 and metrics["reward/mean"] is not None and metrics["count/skipped_samples"] == 0
 
 
 def test_video_r1_rows_in_evaluation(data_dir):
