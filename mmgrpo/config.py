@@ -586,6 +586,9 @@ def validate(cfg: Any) -> None:
     if hasattr(cfg, "lora") and cfg.lora.enabled and cfg.lora.experts and cfg.lora.dropout:
         raise ConfigError(f"lora.experts=true needs lora.dropout=0 (got {cfg.lora.dropout}): PEFT cannot apply "
                           "dropout to fused expert weights")
+    if hasattr(cfg, "data") and not (cfg.data.prompt_key and cfg.data.answer_key):
+        raise ConfigError("data.prompt_key and data.answer_key must name columns (EasyR1 format); image_key / "
+                          "video_key may be empty")
     if hasattr(cfg, "vision"):
         v = cfg.vision
         if v.min_pixels > v.max_pixels:
