@@ -250,8 +250,7 @@ def _with_placeholders(row: _Row, messages: list[dict], pools: dict[str, _Pool])
     if first is None or not counts:
         return messages
     items = [{"type": k} for k in ("image", "video") for _ in pools[k].entries]
-    if len(messages) > 1 or messages[first]["role"] != "user":  # a one-message prompt is TRL's plain string
-        row.notes.append(inserted_note(counts, "as TRL does"))
+    row.notes.append(inserted_note(counts, "as TRL does"))
     content = [*items, {"type": "text", "text": messages[first]["content"]}]
     return [*messages[:first], {"role": "user", "content": content}, *messages[first + 1:]]
 
