@@ -296,9 +296,19 @@ def _easyr1(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], 
     text = row.data[k.prompt]
     if not isinstance(text, str) or not text.strip():
         raise row.bad(f"column {k.prompt!r} (data.prompt_key) must be a non-empty string, got {text!r}"[:200])
-    images, videos = _entries(row, k.image) if k.image else [], _entries(row, k.video) if k.video else []
+    images, videos = _listed(row, k.image), _listed(row, k.video)
     prompt, media = _tagged(row, [{"role": "user", "content": text}], images, videos, options, "as ms-swift does")
     return prompt, media, row.data.get(k.answer)
+
+
+def _listed(row: _Row, key: str) -> list:
+    """An EasyR1 media column: always a list of items, whatever its name ("" = no such column)."""
+    value = row.data.get(key) if key else None
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise row.bad(f"column {key!r} must be a list of media, got {type(value).__name__}")
+    return list(value)
 
 
 def _tagged(row: _Row, messages: list[dict], images: list, videos: list, options: MediaOptions,
