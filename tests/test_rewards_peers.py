@@ -100,7 +100,9 @@ orms['gsm8k_accuracy'] = GSM8KAccuracy
 
 def test_ms_swift_orm_class_gets_strings(tmp_path):
     plugin = tmp_path / "gsm8k_plugin.py"
-    plugin.write_text(SWIFT_PLUGIN)
+    plugin.write_text(SWIFT_PLUGIN + "\n\nclass NeedsArgs(ORM):\n    def __init__(self, scale):\n        pass\n")
+    with pytest.raises(ValueError, match="class NeedsArgs cannot be built without arguments"):
+        load_reward(f"{plugin}:NeedsArgs")
     runner = RewardRunner([f"{plugin}:GSM8KAccuracy"], [1.0])
     res = runner(["so #### 42", "#### 41"], {"solution": ["#### 42", "#### 42"]}, ["s0", "s1"])
     assert res.values[:, 0].tolist() == [1.0, 0.0]

@@ -156,7 +156,12 @@ def load_reward(name_or_spec: str | RewardFn) -> RewardFn:
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise ValueError(f"reward {spec!r}: {where} has no callable {func_name!r}")
-    return fn() if inspect.isclass(fn) else fn
+    if not inspect.isclass(fn):
+        return fn
+    try:
+        return fn()  # ms-swift builds its ORMs without arguments too
+    except TypeError as e:
+        raise ValueError(f"reward {spec!r}: class {func_name} cannot be built without arguments ({e})") from e
 
 
 def _names_a_file(where: str) -> bool:
