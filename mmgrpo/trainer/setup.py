@@ -278,8 +278,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
 def announce(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, start: tuple, data: tuple) -> None:
     """The start-up summary (trainer/summary.py), and how one prompt serves its group."""
     (resume, init), (samples, eval_samples, skipped) = start, data
-    adapter = (resume or init) is not None and is_adapter_folder(resume or init)  # trains the adapter it holds
-    lora = "(the checkpoint's adapter)" if adapter else f"r={cfg.lora.r}, alpha={cfg.lora.alpha}" if cfg.lora.enabled else None
+    lora = f"r={cfg.lora.r}, alpha={cfg.lora.alpha}" if cfg.lora.enabled else None
+    if (resume or init) is not None and is_adapter_folder(resume or init):
+        lora = "(the checkpoint's adapter, trained on)"
     facts = RunFacts("train", len(samples), skipped, len(eval_samples), cfg.model.name_or_path,
                      starting_point(resume, init), lora, accelerator.num_processes, str(accelerator.device),
                      cfg.output_dir)
