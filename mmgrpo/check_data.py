@@ -9,6 +9,7 @@ reason and token-count percentiles. Exit status 1 when any sample is bad, unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -23,7 +24,9 @@ from mmgrpo.processors.budget import Grid, vision_tokens
 from mmgrpo.processors.cache import MediaCache
 from mmgrpo.processors.encode import PromptEncoder, count_tokens, decode_media
 from mmgrpo.processors.formats import load_samples
+from mmgrpo.processors.peers import EasyR1Keys
 from mmgrpo.processors.sample import BadSampleError, MediaError, Sample
+from mmgrpo.parsers import check_data_parser
 
 
 @dataclass
@@ -41,18 +44,11 @@ class Record:
     total: int | None = None
     frames: list[int] | None = None
     resolution: list[list[int]] | None = None  # (H, W) per media item
+    notes: list[str] | None = None  # what loading added to the row (inserted media placeholders)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="mmgrpo check-data", description=__doc__.split("\n\n")[1])
-    p.add_argument("data", nargs="+", help="JSONL / JSON / parquet files or datasets folders")
-    p.add_argument("--model", help="model folder or hub id whose processor to use")
-    p.add_argument("--family", choices=sorted(FAMILIES), default="qwen2_5_vl",
-                   help="without --model: the family whose patch grid sizes the media (default qwen2_5_vl)")
-    p.add_argument("--config", help="training YAML whose vision / data settings to use")
-    p.add_argument("--report", help="write one JSON line per sample here")
-    p.add_argument("--allow-bad", action="store_true", help="exit 0 even when samples are bad")
-    return p.parse_args(argv)
+    return check_data_parser(__doc__.split("\n\n")[1]).parse_args(argv)
 
 
 def check_sample(sample: Sample, encoder: PromptEncoder | None, vision: VisionConfig, cache: MediaCache,
@@ -87,12 +83,26 @@ def summarize(records: list[Record]) -> str:
     for kind, n in sorted(Counter(r.kind for r in bad).items()):
         lines.append(f"  {kind}: {n}")
     lines += [f"  BAD {r.error}" for r in bad]
+    for note, n in sorted(Counter(note for r in records for note in r.notes or []).items()):
+        lines.append(f"  {n} sample{'s' if n > 1 else ''}: {note}")
     for name in ("total", "text", "image", "video"):
         values = [getattr(r, name) for r in ok if getattr(r, name) is not None]
         if values:
             p50, p90, p99 = np.percentile(values, [50, 90, 99])
             lines.append(f"  {name} tokens: p50 {p50:.0f}  p90 {p90:.0f}  p99 {p99:.0f}  max {max(values)}")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def quiet_skips():
+    """The loader's per-row "skipping ..." warnings off while check-data loads (it lists them itself)."""
+    logger = logging.getLogger("mmgrpo.processors.formats")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def main(argv: list[str]) -> int:
@@ -107,14 +117,18 @@ def main(argv: list[str]) -> int:
     records: list[Record] = []
     for path in args.data:
         try:
-            result = load_samples(path, cfg.data.format, "skip", cfg.data.system_prompt, cfg.data.prompt_suffix,
-                                  media_root=cfg.data.media_root)
+            with quiet_skips():  # skipped rows are reported below, once each
+                result = load_samples(path, cfg.data.format, "skip", cfg.data.system_prompt, cfg.data.prompt_suffix,
+                                      media_root=cfg.data.media_root, keys=EasyR1Keys.of(cfg.data))
         except (OSError, ValueError) as e:  # the file itself is unusable: nothing per sample to report
             print(f"mmgrpo check-data: {path}: {e}", file=sys.stderr)
             return 2
         for e in result.skipped:
             records.append(Record(id=e.sample_id or e.sample_ref, ok=False, source=str(path), error=str(e), kind=e.kind))
-        records += [check_sample(s, encoder, cfg.vision, cache, FAMILIES[args.family].grid) for s in result.samples]
+        for s in result.samples:
+            record = check_sample(s, encoder, cfg.vision, cache, FAMILIES[args.family].grid)
+            record.notes = list(s.notes) or None
+            records.append(record)
     if args.report:
         with open(args.report, "w") as f:
             for r in records:

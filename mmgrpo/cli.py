@@ -32,10 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in COMMANDS:
         print(f"mmgrpo: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if any(a in ("-h", "--help") for a in rest) and verb in help_parsers():
+        help_parsers()[verb]().print_help()  # without importing the verb's module (torch: seconds)
+        return 0
     module, func, _ = COMMANDS[verb]
     code = int(getattr(importlib.import_module(module), func)(rest) or 0)
     finish_distributed()
     return code
+
+
+def help_parsers() -> dict:
+    from mmgrpo.parsers import HELP
+
+    return HELP
 
 
 def finish_distributed() -> None:

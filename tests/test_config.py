@@ -40,8 +40,10 @@ def test_yaml_then_override(tmp_path):
         (["generation.num_generations=1"], "generation.num_generations: 1 is out of range"),
         (["reward.weights=[1.0]"], "reward.weights has 1 entries for 2 reward.functions"),
         (["vision.min_pixels=999999999"], "vision.min_pixels"),
-        (["resume_from=auto", "init_from=x"], "resume_from and init_from exclude each other"),
         (["loss=3"], "loss: expected a mapping"),
+        (["data.prompt_key="], "data.prompt_key and data.answer_key must name columns"),
+        (["data.format=videor2"], "data.format: 'videor2' is not one of"),
+        (["reward.completions=strings"], "reward.completions: 'strings' is not one of"),
         (["prompts_per_step=3", "optim.grad_accum=2"], "multiple of optim.grad_accum"),
     ],
 )

@@ -42,7 +42,7 @@ REWARDS = REWARD_FILE + '''
 def even_flat_reward(completions, id, **columns):
     """Constant for even-numbered samples: their groups have zero advantage (nothing to train on)."""
     even = int(id[0].rsplit("-", 1)[1]) % 2 == 0
-    return [1.0 if even else float(len(c)) / 10.0 for c in completions]
+    return [1.0 if even else float(len(c[0]["content"])) / 10.0 for c in completions]
 '''
 
 

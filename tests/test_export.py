@@ -323,7 +323,7 @@ def test_lora_checkpoint_from_mmgrpo_train(tiny_dir, tmp_path, capsys):
 
     files = make_task(tmp_path / "data", TaskSpec(n_train=4, n_heldout=8))
     reward = tmp_path / "length_reward.py"
-    reward.write_text("def length(completions, **kwargs):\n    return [float(len(c)) for c in completions]\n")
+    reward.write_text("def length(completions, **kwargs):\n    return [float(len(c[0]['content'])) for c in completions]\n")
     run = tmp_path / "run"
     overrides = [f"model.name_or_path={tiny_dir}", f"data.train=[{files.train}]", f"output_dir={run}",
                  "lora.enabled=true", "lora.r=4", "optim.lr=0.05", "max_steps=1", "prompts_per_step=2",

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmgrpo.trainer.rewards import (MAX_HUNG_CALLS, REWARDS, RewardError, RewardRunner, accuracy, format_reward,
+from mmgrpo.trainer.rewards import (MAX_HUNG_CALLS, REWARDS, RewardError, RewardRunner, accuracy, completion_text,
+                                    format_reward,
                                     load_reward, overlong)
 
 
@@ -118,7 +119,7 @@ def test_load_reward_builtin_and_file(tmp_path):
 
 def test_runner_values_with_none_and_extras():
     def only_long(completions, **kw):
-        return [None if len(c) < 5 else 1.0 for c in completions]
+        return [None if len(completion_text(c)) < 5 else 1.0 for c in completions]
 
     runner = RewardRunner(["format", only_long, "overlong"], [1.0, 0.5, 1.0])
     res = runner(["<answer>B</answer>", "B"], {"answer": ["B", "B"]}, ["s0", "s1"],
@@ -131,7 +132,7 @@ def test_runner_values_with_none_and_extras():
 
 
 def _fails_on_bad(completions, **kw):
-    if any("bad" in c for c in completions):
+    if any("bad" in completion_text(c) for c in completions):
         raise KeyError("boom")
     return [1.0] * len(completions)
 

@@ -36,7 +36,7 @@ def busy_reward(completions, **columns):
         with open(os.environ["MMGRPO_TEST_BUSY_FILE"], "w") as f:
             f.write(str(os.getpid()))
         time.sleep(600)
-    return [float(len(c)) / 10.0 for c in completions]
+    return [float(len(c[0]["content"])) / 10.0 for c in completions]
 '''
 
 

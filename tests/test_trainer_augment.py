@@ -15,7 +15,7 @@ from tests.trainer_utils import tiny_train_config, weights
 # video); odd ones score by completion length (groups with variance, so training moves weights).
 REWARD = '''
 def easy_or_length(completions, id, **columns):
-    return [1.0 if int(i[-1]) % 2 == 0 else len(c) / 20.0 for c, i in zip(completions, id)]
+    return [1.0 if int(i[-1]) % 2 == 0 else len(c[0]["content"]) / 20.0 for c, i in zip(completions, id)]
 '''
 
 
@@ -64,7 +64,7 @@ def test_da_resume_is_exact(tiny_dir, task, tmp_path):
 
 HARD = '''
 def hard_or_length(completions, id, **columns):
-    return [0.0 if int(i[-1]) % 2 == 0 else 1.0 + len(c) / 20.0 for c, i in zip(completions, id)]
+    return [0.0 if int(i[-1]) % 2 == 0 else 1.0 + len(c[0]["content"]) / 20.0 for c, i in zip(completions, id)]
 '''
 
 

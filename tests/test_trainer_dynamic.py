@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EVEN_FLAT = '''
 def even_flat(completions, id, **columns):
     even = int(id[0].rsplit("-", 1)[1]) % 2 == 0
-    return [1.0 if even else float(len(c)) / 10.0 for c in completions]
+    return [1.0 if even else float(len(c[0]["content"])) / 10.0 for c in completions]
 '''
 
 

@@ -94,7 +94,7 @@ def test_reg_grpo_z_scores_are_not_dropout_noise(tiny_dir, task, rewards, tmp_pa
 EVEN_FLAT = '''
 def even_flat(completions, id, **columns):
     even = int(id[0].rsplit("-", 1)[1]) % 2 == 0
-    return [1.0 if even else float(len(c)) / 10.0 for c in completions]
+    return [1.0 if even else float(len(c[0]["content"])) / 10.0 for c in completions]
 '''
 
 

@@ -1,6 +1,7 @@
 """Exact resume after a real crash, and checkpoints that survive a kill during the write."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -242,14 +243,20 @@ def test_lora_resume_from_full_init_keeps_its_base(tiny_dir, task, tmp_path):
     """LoRA RL started from a full-weights checkpoint (e.g. a full SFT) resumes onto that checkpoint,
     not onto model.name_or_path (PEFT records the base in adapter_config.json)."""
     from mmgrpo.models.tiny import TinySpec, save_tiny
+    from mmgrpo.trainer.setup import check_start
 
     rewards = reward_file(tmp_path)
     other = save_tiny(tmp_path / "other-init", TinySpec(seed=7))  # stands in for a full SFT checkpoint
     common = ["lora.enabled=true", "max_steps=2", "save_every=1"]
     full = train(tiny_train_config(tiny_dir, task, tmp_path / "a", rewards, *common, f"init_from={other}"))
+    # the README's flow: the first command with resume_from=auto (nothing to resume: a fresh start
+    # from init_from), then the same command again with more steps
     train(tiny_train_config(tiny_dir, task, tmp_path / "b", rewards, "lora.enabled=true", "max_steps=1",
-                            "save_every=1", f"init_from={other}"))
-    resumed = train(tiny_train_config(tiny_dir, task, tmp_path / "b", rewards, *common, "resume_from=auto"))
+                            "save_every=1", f"init_from={other}", "resume_from=auto"))
+    same = tiny_train_config(tiny_dir, task, tmp_path / "b", rewards, *common, f"init_from={other}", "resume_from=auto")
+    with pytest.raises(ValueError, match=r"init_from=.*model in the config, but the run started from .*other-init"):
+        check_start(dataclasses.replace(same, init_from=str(tiny_dir)), ckpt.resolve_resume("auto", same.output_dir))
+    resumed = train(same)
     a, b = weights(full), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

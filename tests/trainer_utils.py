@@ -22,7 +22,7 @@ def length_reward(completions, **columns):
     CALLS["n"] += 1
     if kill_at and CALLS["n"] == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)  # a real crash in the middle of a step
-    return [float(len(c)) / 10.0 for c in completions]
+    return [float(len(c[0]["content"])) / 10.0 for c in completions]
 '''
 
 

@@ -12,7 +12,8 @@ This package imports no other mmgrpo module: `schema.py` (the sections), `preset
 settings, plain data) and `load.py` (reading and validation).
 """
 from mmgrpo.config.load import (  # noqa: F401
-    MAX_STREAMS, check_reward_terms, load_config, parse_overrides, to_dict, validate, with_preset)
+    MAX_STREAMS, SFT_SHARED, check_reward_terms, is_train_config, load_config, parse_overrides, read_yaml, sft_values,
+    to_dict, validate, with_preset)
 from mmgrpo.config.presets import PRESETS, RENAMED  # noqa: F401
 from mmgrpo.config.schema import (  # noqa: F401
     JUDGE_TEMPLATE, AdvantageConfig, AugmentConfig, ConfigError, DataConfig, DynamicSamplingConfig, EvalConfig, Family,

@@ -194,20 +194,44 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def read_yaml(path: str | Path) -> dict:
+    loaded = _yaml(Path(path).read_text(), str(path)) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return loaded
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
     """Build `cls` from a YAML file (optional) and `key=value` overrides, then validate it."""
-    values: dict = {}
-    if path is not None:
-        loaded = _yaml(Path(path).read_text(), str(path)) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
-        values = loaded
+    values = read_yaml(path) if path is not None else {}
+    if cls is SFTConfig and is_train_config(values):
+        values = sft_values(values)
     values = _merge(values, parse_overrides(overrides or []))
     if cls is TrainConfig:
         values = with_preset(values)
     cfg = _build(cls, values)
     validate(cfg)
     return cfg
+
+
+# `mmgrpo sft TRAIN.yaml`: what SFT takes from a training config, the settings saying which model
+# and which data. Not the RL sections (rollouts, rewards, loss, DA, eval) nor the RL optimizer and
+# step count; the SFT run writes to the training run's output_dir + "-sft", keeping that folder
+# free for the RL run that starts from it.
+SFT_SHARED = ("model", "lora", "vision", "data", "seed", "report_to")
+
+
+def is_train_config(values: dict) -> bool:
+    """A file with a key that only training configs have."""
+    sft = {f.name for f in dataclasses.fields(SFTConfig)}
+    return any(k not in sft and k in {f.name for f in dataclasses.fields(TrainConfig)} for k in values)
+
+
+def sft_values(values: dict) -> dict:
+    """The SFT config values of a training config's (SFT_SHARED; output_dir + "-sft")."""
+    out = {k: values[k] for k in SFT_SHARED if k in values}
+    out["output_dir"] = f"{values.get('output_dir', TrainConfig.output_dir)}-sft"
+    return out
 
 
 def with_preset(values: dict) -> dict:
@@ -232,8 +256,6 @@ def validate(cfg: Any) -> None:
         check_reward_terms(cfg)
         if cfg.prompts_per_step % cfg.optim.grad_accum:
             raise ConfigError("prompts_per_step must be a multiple of optim.grad_accum")
-        if cfg.resume_from and cfg.init_from:
-            raise ConfigError("resume_from and init_from exclude each other: resume continues a run, init starts one")
         if cfg.optim.updates_per_rollout > 1 and cfg.lora.enabled and cfg.lora.dropout > 0:
             raise ConfigError(f"lora.dropout={cfg.lora.dropout:g} with optim.updates_per_rollout="
                               f"{cfg.optim.updates_per_rollout}: the old log-probs are computed without dropout, so "
@@ -243,6 +265,9 @@ def validate(cfg: Any) -> None:
     if hasattr(cfg, "lora") and cfg.lora.enabled and cfg.lora.experts and cfg.lora.dropout:
         raise ConfigError(f"lora.experts=true needs lora.dropout=0 (got {cfg.lora.dropout}): PEFT cannot apply "
                           "dropout to fused expert weights")
+    if hasattr(cfg, "data") and not (cfg.data.prompt_key and cfg.data.answer_key):
+        raise ConfigError("data.prompt_key and data.answer_key must name columns (EasyR1 format); image_key / "
+                          "video_key may be empty")
     if hasattr(cfg, "vision"):
         v = cfg.vision
         if v.min_pixels > v.max_pixels:

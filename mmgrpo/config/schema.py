@@ -79,7 +79,8 @@ class VisionConfig:
 class DataConfig:
     train: tuple[str, ...] = ()  # JSONL / JSON / parquet files or HF dataset folders
     eval: tuple[str, ...] = ()
-    format: Literal["auto", "trl", "swift", "plain"] = "auto"
+    # auto: per row by its columns (processors/formats.py); videor1 / easyr1: those projects' training data
+    format: Literal["auto", "trl", "swift", "plain", "videor1", "easyr1"] = "auto"
     on_bad_sample: Literal["raise", "skip"] = "raise"
     system_prompt: str | None = None
     prompt_suffix: str = ""  # appended to each question (e.g. the answer-format instruction)
@@ -88,6 +89,12 @@ class DataConfig:
     # (as TRL / ms-swift do). A folder: relative paths resolve against it, and a path that leaves it
     # (`../`, absolute, `~`, a symlink pointing out) is a bad sample.
     media_root: str | None = None
+    # EasyR1-format columns, named as in EasyR1's `data:` section (its example config's values); ""
+    # for image_key / video_key = no such column
+    prompt_key: str = "problem"
+    answer_key: str = "answer"
+    image_key: str = "images"
+    video_key: str = "videos"
 
 
 @dataclass(frozen=True)
@@ -135,10 +142,15 @@ class JudgeConfig:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    # names of built-ins (mmgrpo.trainer.rewards.REWARDS), "judge" (the `judge` section) or "path/to/file.py:function"
+    # names of built-ins (mmgrpo.trainer.rewards.REWARDS), "judge" (the `judge` section),
+    # "path/to/file.py:function" or "module.path:function" (e.g. trl.rewards:think_format_reward)
     functions: tuple[str, ...] = ("accuracy", "format")
     weights: tuple[float, ...] = (1.0, 0.5)
     on_error: Literal["raise", "zero"] = "raise"
+    # what a user's function gets as `completions`: TRL's shape for conversational data (a list
+    # [{"role": "assistant", "content": text}] per completion), or plain strings. Built-ins and
+    # ms-swift ORM classes (`module:Class`) always get strings (trainer/rewards.py)
+    completions: Literal["messages", "text"] = "messages"
     timeout_s: float = bounded(120.0, gt=0)  # per call of one function on a group; a timeout counts as an error
     numeric_tolerance: float = bounded(1e-2, ge=0)  # relative; evaluation scores with the same value
     overlong_buffer: int = bounded(64, ge=1)  # soft overlong penalty window C (DAPO §3.4)
@@ -273,7 +285,9 @@ class TrainConfig:
     save_every: int = bounded(50, ge=0)  # 0 = only at the end
     save_total_limit: int | None = bounded(None, ge=1)  # None = keep every checkpoint
     resume_from: str | None = None  # "auto" | checkpoint path
-    init_from: str | None = None  # start weights (e.g. an `mmgrpo sft` checkpoint)
+    # start weights (e.g. an `mmgrpo sft` checkpoint). With resume_from too (the same command +
+    # resume_from=auto): used when there is nothing to resume, else it must be the run's own
+    init_from: str | None = None
     log_every: int = bounded(1, ge=1)
     sample_every: int = bounded(10, ge=0)  # log sample completions every N steps (0 = never)
     report_to: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl", "tensorboard")
@@ -295,4 +309,5 @@ class SFTConfig:
     target_template: str = "<answer>{answer}</answer>"
     save_every: int = bounded(0, ge=0)
     log_every: int = bounded(10, ge=1)
+    report_to: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = ("jsonl", "tensorboard")
     progress_bar: bool = True

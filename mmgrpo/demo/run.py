@@ -8,7 +8,6 @@ to chance: the model uses the video).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -20,6 +19,7 @@ from mmgrpo.config import (
 )
 from mmgrpo.demo.task import SUFFIX, TaskSpec, make_task
 from mmgrpo.models.tiny import DEFAULT_FAMILY, TinySpec, save_tiny
+from mmgrpo.parsers import demo_parser
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
@@ -84,12 +84,7 @@ def clear_previous(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mmgrpo demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    ap.add_argument("--sft-steps", type=int, default=40)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("overrides", nargs="*", help="key=value overrides of the RL config (configs/demo.yaml)")
-    args = ap.parse_args(argv)
+    args = demo_parser(__doc__).parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out)
     clear_previous(out)

@@ -33,6 +33,7 @@ from typing import Any
 
 from mmgrpo.processors.fields import normalize_options
 from mmgrpo.processors.formats import MediaRoot, _Row, read_rows, row_to_sample
+from mmgrpo.processors.peers import is_videor1
 from mmgrpo.processors.reading import read_json
 from mmgrpo.processors.sample import BadSampleError, Sample
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
@@ -171,7 +172,8 @@ def labels(sample: Sample) -> Labels:
 
 
 def _load_row(row: _Row, fmt: str, system_prompt: str | None, prompt_suffix: str) -> Sample:
-    if isinstance(row.data, dict) and "prompt" not in row.data and "messages" not in row.data and fmt in ("auto", "plain"):
+    own_format = isinstance(row.data, dict) and ("prompt" in row.data or "messages" in row.data or is_videor1(row.data))
+    if isinstance(row.data, dict) and not own_format and fmt in ("auto", "plain"):
         root = row.root.path if row.root is not None else None
         try:
             row = _Row(to_plain_row(row.data, row.base_dir, root, row.ref), row.index, row.source, row.base_dir, row.root)

@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
                     help="relative tolerance of numeric answers (default: the --config's reward.numeric_tolerance, "
                          f"else {RewardConfig().numeric_tolerance})")
     ap.add_argument("--strict", action="store_true", help="stop at the first bad sample instead of recording an error")
-    ap.add_argument("--format", default=None, choices=["auto", "trl", "swift", "plain"], help="row format (default auto)")
+    ap.add_argument("--format", default=None, choices=["auto", "trl", "swift", "plain", "videor1", "easyr1"], help="row format (default auto)")
     ap.add_argument("--media-root", help="data.media_root: folder that relative media paths resolve against and no media "
                     "path may leave (default: the config's, else each data file's folder, unconfined)")
     ap.add_argument("--system-prompt", help="system prompt added to rows without one")
@@ -132,6 +132,10 @@ def eval_main(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"accuracy {100 * m.accuracy:.1f}% on {m.n} samples ({m.n_errors} errors, "
           f"{result.generated} evaluated now, {m.n - result.generated} resumed); report: {report}")
+    if m.n == m.n_errors:  # an accuracy over nothing is not a result: scripts must see the failure
+        print(f"mmgrpo eval: no sample could be scored ({m.n} samples, {m.n_errors} errors): see {report}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -15,7 +15,6 @@ Failure modes this guards against (the usual "my GRPO LoRA will not load" report
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
@@ -29,8 +28,11 @@ from transformers import AutoConfig, GenerationConfig
 from mmgrpo.models.folders import checkpoint_entries, has_processor_files, holds_weights
 from mmgrpo.models.loading import LoadError, legacy_keys, load_model, load_processor, save_processor_files
 from mmgrpo.models.verify import VerifyReport, make_probe, verify_export
+from mmgrpo.parsers import DTYPE_CHOICES, merge_parser  # noqa: F401 (DTYPE_CHOICES re-exported)
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
 class ExportError(LoadError):
     """A checkpoint that cannot be exported as asked; the message says what to change."""
 
@@ -249,29 +251,6 @@ def _source(info: CheckpointInfo) -> str:
 # ----------------------------------------------------------------------------------------------
 # `mmgrpo merge`. Exit codes: 0 ok, 1 failed (unusable input or a failed verification; the message
 # says what differs), 2 bad arguments.
-
-DTYPE_CHOICES = ["auto", "bf16", "fp16", "fp32"]
-
-
-def merge_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="mmgrpo merge",
-        description="Export a training checkpoint (LoRA adapter or full weights) as a plain Hugging Face folder, "
-        "then verify it in a fresh process that does not import mmgrpo.",
-    )
-    ap.add_argument("--adapter", required=True, metavar="CKPT",
-                    help="checkpoint folder (LoRA or full weights), or a run folder (its latest checkpoint)")
-    ap.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output folder")
-    ap.add_argument("--base", metavar="MODEL", help="base model folder or hub id (default: from adapter_config.json)")
-    ap.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help="export dtype (default: as saved)")
-    ap.add_argument("--adapter-only", action="store_true", help="write a clean PEFT adapter folder instead of merging")
-    ap.add_argument("--no-verify", dest="verify", action="store_false", help="skip the verification")
-    ap.add_argument("--verify-only", action="store_true", help="only verify an existing export in --out")
-    ap.add_argument("--device", default="cpu", help="device for loading, merging and verifying (default: cpu)")
-    ap.add_argument("--tolerance", type=float, help="max abs logits difference allowed (default: by dtype)")
-    ap.add_argument("--max-shard-size", default="5GB")
-    return ap
-
 
 def merge_main(argv: list[str]) -> int:
     args = merge_parser().parse_args(argv)

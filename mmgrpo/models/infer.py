@@ -4,7 +4,6 @@ chat template), so the model sees its questions the way it was trained on them; 
 from the model layer's one HF-generate wrapper (every decoding option explicit)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,14 +12,13 @@ from typing import Callable, Literal
 import torch
 
 from mmgrpo.config import VisionConfig
-from mmgrpo.models.export import (
-    DTYPE_CHOICES, ExportError, Loaded, inspect_checkpoint, load_checkpoint, resolve_dtype,
-)
+from mmgrpo.models.export import ExportError, Loaded, inspect_checkpoint, load_checkpoint, resolve_dtype
 from mmgrpo.models.generate import Sampling, generate_texts
-from mmgrpo.models.loading import LoadError, load_model, load_processor
+from mmgrpo.models.loading import LoadError, hub_or_folder, load_model, load_processor, model_location
 from mmgrpo.models.special import special_ids
 from mmgrpo.processors.encode import PromptEncoder
 from mmgrpo.processors.sample import Media, PromptInputs, Sample
+from mmgrpo.parsers import infer_parser  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,8 @@ def load_for_inference(model: str | None, adapter: str | None, dtype: str, devic
         raise ExportError("pass --model (a model folder, hub id or checkpoint) or --adapter")
     if Path(model).is_dir():
         return load_checkpoint(inspect_checkpoint(model), None, dtype, device)
-    dtype = resolve_dtype(dtype, model)  # a hub id
+    model = model_location(model)  # a hub id, or "no such folder"
+    dtype = hub_or_folder(model, lambda name: resolve_dtype(dtype, name))
     return Loaded(load_model(model, dtype, device).eval(), load_processor(model), None, None, dtype)
 
 
@@ -72,9 +71,9 @@ def greedy_answer(model: torch.nn.Module, processor, prompt: PromptInputs, max_n
 def answer(req: InferRequest, log: Callable[[str], None] = print) -> str:
     if not req.media:
         raise ExportError("pass at least one --video or --image")
-    for _, path in req.media:
-        if not Path(path).is_file():
-            raise ExportError(f"{path}: no such file")
+    for kind, path in req.media:
+        if not (Path(path).is_file() or (kind == "video" and Path(path).is_dir())):  # a folder of frames, as in training
+            raise ExportError(f"--{kind} {path}: no such file" + (" or folder of frames" if kind == "video" else ""))
     loaded = load_for_inference(req.model, req.adapter, req.dtype, req.device)
     for note in loaded.notes:
         log(f"note: {note}")
@@ -84,35 +83,6 @@ def answer(req: InferRequest, log: Callable[[str], None] = print) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # `mmgrpo infer`. Exit codes: 0 ok, 1 failed, 2 bad arguments.
-
-
-class _MediaAction(argparse.Action):
-    """--video / --image share one list, so their order on the command line is the prompt order."""
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        media = getattr(namespace, self.dest) or []
-        media.append((option_string.lstrip("-"), value))
-        setattr(namespace, self.dest, media)
-
-
-def infer_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="mmgrpo infer", description="Answer one question about videos / images (greedy).")
-    ap.add_argument("--model", metavar="DIR_OR_ID",
-                    help="model folder, hub id or checkpoint (default: the adapter's base)")
-    ap.add_argument("--adapter", metavar="CKPT", help="LoRA checkpoint applied on --model")
-    ap.add_argument("--video", "--image", dest="media", action=_MediaAction, metavar="PATH", default=[],
-                    help="a video / image file; repeat for several, in prompt order")
-    ap.add_argument("--question", required=True)
-    ap.add_argument("--system", help="system prompt")
-    ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto")
-    ap.add_argument("--device", default="cpu")
-    defaults = VisionConfig()
-    ap.add_argument("--fps", type=float, default=defaults.fps, help="frames sampled per second of video")
-    ap.add_argument("--nframes", type=int, default=defaults.nframes, help="frames per video (wins over --fps)")
-    ap.add_argument("--max-frames", type=int, default=defaults.max_frames)
-    ap.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="pixels per frame / image")
-    return ap
 
 
 def infer_main(argv: list[str]) -> int:

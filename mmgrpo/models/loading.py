@@ -17,6 +17,7 @@ What is checked, and why:
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 from mmgrpo.models.families import Family, UnsupportedFamily, family_of_config
+from mmgrpo.models.lora import quiet_peft_wrap
 from mmgrpo.models.keymap import LEGACY_KEY_MAPPING, current_pattern_dict, current_target_modules, is_legacy_key, remap_keys
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -33,8 +35,43 @@ class LoadError(ValueError):
     """A model or adapter that does not load cleanly; the message says what differs."""
 
 
+def model_location(name_or_path: str | Path) -> str:
+    """A local folder as its absolute path (checkpoints then name their base by a path that works
+    from any folder: `mmgrpo merge` elsewhere), a hub id as is. A name that cannot be a hub id
+    (absolute, ./, ../, ~, a trailing or second /) or any name while the hub is offline, that is not
+    a folder here: LoadError "no such folder" (not the hub client's repo-id error)."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists():
+        raise LoadError(f"model {text}: {path} is a file, not a model folder")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if _looks_local(text) or offline:
+        why = " (and the hub is offline: HF_HUB_OFFLINE)" if offline and not _looks_local(text) else ""
+        raise LoadError(f"model {text}: no such folder{why} (working directory {os.getcwd()})")
+    return text
+
+
+def _looks_local(text: str) -> bool:
+    return (text.startswith(("/", "./", "../", "~", ".")) or text.endswith("/") or text.count("/") > 1
+            or "\\" in text)
+
+
+def hub_or_folder(name: str, load):
+    """`load(name)`; when the hub cannot give a name that is no folder here, say so in one line."""
+    try:
+        return load(name)
+    except OSError as e:
+        if Path(name).exists():
+            raise
+        raise LoadError(f"model {name}: no such folder here, and the hub could not provide it "
+                        f"({str(e).splitlines()[0][:300]})") from None
+
+
 def load_processor(name_or_path: str, trust_remote_code: bool = False) -> ProcessorMixin:
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    name = model_location(name_or_path)
+    processor = hub_or_folder(name, lambda n: AutoProcessor.from_pretrained(n, trust_remote_code=trust_remote_code))
     processor.tokenizer.padding_side = "left"  # generation pads on the left
     return processor
 
@@ -42,7 +79,8 @@ def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Proces
 def checkpoint_family(name_or_path: str | Path, expected: str = "auto", trust_remote_code: bool = False) -> Family:
     """The family of a checkpoint (hub id or folder) from its config.json; LoadError when it is not
     supported or is not `expected` (a family name; "auto" takes whatever it is)."""
-    config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    name = model_location(name_or_path)
+    config = hub_or_folder(name, lambda n: AutoConfig.from_pretrained(n, trust_remote_code=trust_remote_code))
     try:
         family = family_of_config(config, where=str(name_or_path))
     except UnsupportedFamily as e:
@@ -61,7 +99,7 @@ def load_model(name_or_path: str | Path, dtype: str, device: str | torch.device,
     (or not `family`, unless "auto") and on any key that does not fit."""
     checkpoint_family(name_or_path, family, trust_remote_code)
     model, info = AutoModelForImageTextToText.from_pretrained(
-        str(name_or_path), dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+        model_location(name_or_path), dtype=DTYPES[dtype], attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code, output_loading_info=True,
     )
     bad = {k: sorted(map(str, v)) for k, v in info.items()
@@ -110,8 +148,9 @@ def _load_adapter(base_model: PreTrainedModel, adapter_dir: Path,
     weights = load_peft_weights(str(adapter_dir), device="cpu")
     try:
         mapping = remap_keys(list(weights))
-        model = PeftModel.from_pretrained(base_model, str(adapter_dir), config=config, is_trainable=trainable,
-                                          key_mapping=LEGACY_KEY_MAPPING)
+        with quiet_peft_wrap():
+            model = PeftModel.from_pretrained(base_model, str(adapter_dir), config=config, is_trainable=trainable,
+                                              key_mapping=LEGACY_KEY_MAPPING)
     except (RuntimeError, ValueError) as e:  # size mismatch = adapter trained on another base
         raise LoadError(f"adapter {adapter_dir} does not fit the base model: {str(e)[:1500]}") from e
     in_file = {mapping[k]: v for k, v in weights.items()}

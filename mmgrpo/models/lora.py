@@ -2,6 +2,9 @@
 projections the family has), the vision tower frozen, fp16 master weights, gradient checkpointing."""
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import torch
 from transformers import PreTrainedModel
 
@@ -57,7 +60,8 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig, train_vision: bool) -> t
         target_parameters=experts or None,  # fused [experts, out, in] weights, wrapped by PEFT's ParamWrapper
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_cfg)
+    with quiet_peft_wrap():
+        return get_peft_model(model, peft_cfg)
 
 
 def prepare_policy(model: torch.nn.Module, model_cfg: ModelConfig, lora_cfg: LoraConfig) -> torch.nn.Module:
@@ -75,7 +79,10 @@ def prepare_policy(model: torch.nn.Module, model_cfg: ModelConfig, lora_cfg: Lor
         for p in trainable_parameters(model):
             p.data = p.data.float()
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x: the old name warns on every run
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "peft_config"):
             model.enable_input_require_grads()
     model.config.use_cache = False
@@ -84,3 +91,13 @@ def prepare_policy(model: torch.nn.Module, model_cfg: ModelConfig, lora_cfg: Lor
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+@contextlib.contextmanager
+def quiet_peft_wrap():
+    """PEFT (0.21) reads `model.is_gradient_checkpointing` when it wraps a model, a name transformers
+    5.x deprecated: a FutureWarning on every run that is neither ours nor the user's to fix. Only
+    that warning is silenced, only while PEFT wraps."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield

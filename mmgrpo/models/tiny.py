@@ -13,7 +13,6 @@ the family's class load it without mmgrpo. Tests and the demo use these; real mo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +23,7 @@ from transformers import GenerationConfig, PretrainedConfig
 
 from mmgrpo.models.families import FAMILIES, family_named
 from mmgrpo.models.loading import save_processor_files
-
-DEFAULT_FAMILY = "qwen2_5_vl"
+from mmgrpo.models.tiny_spec import DEFAULT_FAMILY, TinySpec  # noqa: F401 (re-exported)
 
 # Qwen2 special tokens, in Qwen's order. `<|endoftext|>` is pad, `<|im_end|>` ends an assistant turn.
 SPECIAL_TOKENS = [
@@ -88,38 +86,6 @@ first then after before during start end second seconds frame frames video image
 Think about the question step by step, then give the final answer in the answer tag.
 yes no true false 0 1 2 3 4 5 6 7 8 9 10 100 1000 0.5 3.14 answer question reasoning because
 """
-
-
-@dataclass
-class TinySpec:
-    """Sizes of the tiny model. Defaults are small enough for fast CPU tests; mRoPE sections must
-    sum to head_dim / 2 (head_dim = hidden / heads)."""
-
-    hidden: int = 128
-    layers: int = 2  # Qwen3.5: 4 (three linear-attention layers, then one full-attention layer)
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate: int = 256
-    vision_hidden: int = 64
-    vision_depth: int = 2
-    vision_heads: int = 4
-    vocab_merges: int = 512
-    max_position_embeddings: int = 8192
-    min_pixels: int = 28 * 28
-    max_pixels: int = 112 * 112
-    seed: int = 0
-    experts: int = 4  # MoE families
-    active_experts: int = 2
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    def mrope_section(self, rotary_dims: int | None = None) -> list[int]:
-        half = (rotary_dims or self.head_dim) // 2
-        t = half // 4
-        h = (half - t) // 2
-        return [t, h, half - t - h]
 
 
 def build_tokenizer(spec: TinySpec, family: str = DEFAULT_FAMILY):

@@ -1,4 +1,4 @@
-"""Dataset rows -> `Sample`s. Three formats, one result.
+"""Dataset rows -> `Sample`s. Five formats, one result.
 
 Files: JSONL, JSON (a list of rows), parquet, a `datasets.Dataset`, or a folder written by
 `Dataset.save_to_disk`. Formats (`fmt="auto"` picks per row by its columns):
@@ -10,8 +10,15 @@ Files: JSONL, JSON (a list of rows), parquet, a `datasets.Dataset`, or a folder 
          assistant message is the answer, else the `solution` column (`<answer>B</answer>` ok).
 - plain: `question`, `answer`, `video` or `image` (or `videos` / `images`), optional `options`,
          `problem_type`, `id`.
+- videor1, easyr1: Video-R1's and EasyR1's training data, as those projects write it (peers.py).
 
-All three give the same `Sample` for the same question: user content = the media placeholders
+Missing media placeholders are added the way each peer does it, and the sample's `notes` say so
+(check-data reports them): a TRL prompt whose first user message is a string gets a placeholder
+for every media entry before its text (TRL's prepare_multimodal_messages); ms-swift and EasyR1
+text with fewer `<image>` / `<video>` tags than entries gets the missing tags in front of the first
+non-system message (ms-swift's _add_default_tags).
+
+All give the same `Sample` for the same question: user content = the media placeholders
 in order, then text items. Plain rows build their text as the question, then the options one per
 line ("A. text", see `fields.normalize_options`); trl and swift text is taken as written (tags
 split out, surrounding whitespace stripped), so write options there the same way for equal
@@ -34,6 +41,7 @@ UTF-8 cannot hold (a lone surrogate), is a bad row of kind `bad_encoding` naming
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -45,7 +53,8 @@ from mmgrpo.config import DataConfig
 from mmgrpo.answers import reference_answer, reference_letter
 from mmgrpo.processors.fields import media_options, normalize_options, problem_type, render_options
 from mmgrpo.processors.image import IMAGE_EXTENSIONS, check_file
-from mmgrpo.processors.reading import UnreadableRow, read_json, read_jsonl, unencodable
+from mmgrpo.processors.peers import EasyR1Keys, inserted_note, is_videor1, missing_tags, videor1_as_plain, with_tags
+from mmgrpo.processors.reading import UnreadableRow, read_rows, unencodable  # noqa: F401 (read_rows re-exported)
 from mmgrpo.processors.sample import BadSampleError, Media, MediaError, MediaOptions, Sample
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
 
@@ -92,6 +101,8 @@ class _Row:
     source: str
     base_dir: str
     root: MediaRoot | None = None  # set: media paths resolve against it and must stay inside
+    keys: EasyR1Keys = field(default_factory=lambda: EasyR1Keys.of(DataConfig()))
+    notes: list[str] = field(default_factory=list)  # what loading added to the row (Sample.notes)
 
     @property
     def id(self) -> str:
@@ -104,48 +115,6 @@ class _Row:
 
     def bad(self, reason: str, kind: str = "bad_column") -> BadSampleError:
         return BadSampleError(self.ref, reason, kind, self.id)
-
-
-# -- reading files -------------------------------------------------------------------------------
-
-
-def read_rows(source: Any, split: str | None = None) -> tuple[list[Any], str, str]:
-    """(rows, source name, folder that relative media paths resolve against)."""
-    import datasets
-
-    if isinstance(source, datasets.Dataset):
-        return _raw_rows(source), f"<dataset {source.info.dataset_name or 'in memory'}>", os.getcwd()
-    path = Path(source)
-    if path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            names = list(loaded)
-            if split is None and len(names) != 1:
-                raise ValueError(f"{path} holds splits {names}; pass split=")
-            loaded = loaded[split or names[0]]
-        return _raw_rows(loaded), str(path), str(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset file not found: {path}")
-    base = str(path.parent.resolve())
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return read_jsonl(path), str(path), base
-    if suffix == ".json":
-        rows = read_json(path)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: a JSON dataset must be a list of rows, got {type(rows).__name__}")
-        return rows, str(path), base
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist(), str(path), base
-    raise ValueError(f"{path}: unsupported dataset file type {suffix!r} (jsonl, json, parquet, or a datasets folder)")
-
-
-def _raw_rows(ds: Any) -> list[dict]:
-    """Rows as stored: an `Image` column stays {"bytes", "path"} instead of being decoded into PIL
-    images for the whole dataset up front (each image is decoded when its sample is encoded)."""
-    return ds.with_format("arrow")[0 : len(ds)].to_pylist()
 
 
 # -- media columns ------------------------------------------------------------------------------
@@ -269,13 +238,28 @@ def _text_of(content: Any) -> str:
     return "".join(item.get("text", "") for item in content if isinstance(item, dict))
 
 
+def _with_placeholders(row: _Row, messages: list[dict], pools: dict[str, _Pool]) -> list[dict]:
+    """TRL's rule (trl/data_utils.py, prepare_multimodal_messages): the first user message with
+    string content gets a placeholder for every media entry of the row, before its text; when
+    another message places media with content items, nothing is inserted."""
+    if any(isinstance(m["content"], list) and any(isinstance(c, dict) and c.get("type") in ("image", "video")
+                                                   for c in m["content"]) for m in messages):
+        return messages
+    first = next((i for i, m in enumerate(messages) if m["role"] == "user" and isinstance(m["content"], str)), None)
+    counts = {k: len(p.entries) for k, p in pools.items() if p.entries}
+    if first is None or not counts:
+        return messages
+    items = [{"type": k} for k in ("image", "video") for _ in pools[k].entries]
+    row.notes.append(inserted_note(counts, "as TRL does"))
+    content = [*items, {"type": "text", "text": messages[first]["content"]}]
+    return [*messages[:first], {"role": "user", "content": content}, *messages[first + 1:]]
+
+
 def _trl(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any]:
     messages, answer = _split_answer(_messages(row, "prompt"))
     pools = {"image": _Pool(row, "image", _entries(row, "images", "image")),
              "video": _Pool(row, "video", _entries(row, "videos", "video"))}
-    if len(messages) == 1 and isinstance(messages[0]["content"], str):  # plain-string prompt: media first
-        messages = [{"role": "user", "content": [{"type": k} for k in ("image", "video") for _ in pools[k].entries]
-                     + [{"type": "text", "text": messages[0]["content"]}]}]
+    messages = _with_placeholders(row, messages, pools)
     out, media = [], []
     for message in messages:
         content = message["content"]
@@ -303,11 +287,45 @@ def _trl(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any
 
 def _swift(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any]:
     messages, answer = _split_answer(_messages(row, "messages"))
-    pools = {"image": _Pool(row, "image", _entries(row, "images")), "video": _Pool(row, "video", _entries(row, "videos"))}
+    prompt, media = _tagged(row, messages, _entries(row, "images"), _entries(row, "videos"), options, "as ms-swift does")
+    return prompt, media, _first(answer, row.data.get("solution"), row.data.get("answer"))
+
+
+def _easyr1(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any]:
+    k = row.keys
+    text = row.data[k.prompt]
+    if not isinstance(text, str) or not text.strip():
+        raise row.bad(f"column {k.prompt!r} (data.prompt_key) must be a non-empty string, got {text!r}"[:200])
+    images, videos = _listed(row, k.image), _listed(row, k.video)
+    prompt, media = _tagged(row, [{"role": "user", "content": text}], images, videos, options, "as ms-swift does")
+    return prompt, media, row.data.get(k.answer)
+
+
+def _listed(row: _Row, key: str) -> list:
+    """An EasyR1 media column: always a list of items, whatever its name ("" = no such column)."""
+    value = row.data.get(key) if key else None
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise row.bad(f"column {key!r} must be a list of media, got {type(value).__name__}")
+    return list(value)
+
+
+def _tagged(row: _Row, messages: list[dict], images: list, videos: list, options: MediaOptions,
+            how: str) -> tuple[list[dict], list[Media]]:
+    """Messages with `<image>` / `<video>` tags in string content -> content items, each tag taking
+    the next entry of its list. Entries without a tag get one first (ms-swift's rule, peers.py)."""
+    pools = {"image": _Pool(row, "image", images), "video": _Pool(row, "video", videos)}
+    if not all(isinstance(m["content"], str) for m in messages):
+        raise row.bad("messages must have string content with <image>/<video> tags")
+    missing = missing_tags([m["content"] for m in messages], {k: len(p.entries) for k, p in pools.items()})
+    if missing:
+        first = next(i for i, m in enumerate(messages) if m["role"] != "system")
+        messages = [*messages[:first], {**messages[first], "content": with_tags(messages[first]["content"], missing)},
+                    *messages[first + 1:]]
+        row.notes.append(inserted_note(missing, how))
     out, media = [], []
     for message in messages:
-        if not isinstance(message["content"], str):
-            raise row.bad("ms-swift messages must have string content with <image>/<video> tags")
         if message["role"] != "user":
             out.append({"role": message["role"], "content": message["content"]})
             continue
@@ -322,7 +340,7 @@ def _swift(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], A
         out.append({"role": "user", "content": items})
     for pool in pools.values():
         pool.check_all_used()
-    return out, media, _first(answer, row.data.get("solution"), row.data.get("answer"))
+    return out, media
 
 
 def _plain(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any]:
@@ -341,19 +359,31 @@ def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
+def _videor1(row: _Row, options: MediaOptions) -> tuple[list[dict], list[Media], Any]:
+    return _plain(row, options)  # row_to_sample has put the row in the plain format (peers.videor1_as_plain)
+
+
 FORMATS: dict[str, Callable[[_Row, MediaOptions], tuple[list[dict], list[Media], Any]]] = {
-    "trl": _trl, "swift": _swift, "plain": _plain,
+    "trl": _trl, "swift": _swift, "plain": _plain, "videor1": _videor1, "easyr1": _easyr1,
 }
 
 
-def detect_format(row: dict) -> str | None:
-    if "prompt" in row:
+def detect_format(row: dict, keys: EasyR1Keys) -> str | None:
+    if "prompt" in row and keys.prompt != "prompt":
         return "trl"
     if "messages" in row:
         return "swift"
     if "question" in row:
         return "plain"
+    if is_videor1(row):
+        return "videor1"
+    if keys.prompt in row:
+        return "easyr1"
     return None
+
+
+def _required(kind: str, keys: EasyR1Keys) -> str:
+    return {"trl": "prompt", "swift": "messages", "plain": "question", "videor1": "problem", "easyr1": keys.prompt}[kind]
 
 
 # -- rows -> samples ------------------------------------------------------------------------------
@@ -383,14 +413,22 @@ def row_to_sample(row: _Row, fmt: str, system_prompt: str | None, prompt_suffix:
     if where is not None:
         raise row.bad(f"{where} is a lone surrogate (a JSON \\u escape that is not half of a pair), not text: "
                       "no tokenizer can encode it", "bad_encoding")
-    kind = detect_format(row.data) if fmt == "auto" else fmt
+    kind = detect_format(row.data, row.keys) if fmt == "auto" else fmt
     if kind is None:
-        raise row.bad(f"cannot tell the format from columns {sorted(row.data)} (need prompt, messages or question)")
-    required = {"trl": "prompt", "swift": "messages", "plain": "question"}[kind]
+        raise row.bad(f"cannot tell the format from columns {sorted(row.data)} (need prompt (TRL), messages "
+                      f"(ms-swift), question (plain), problem + data_type + path (Video-R1) or {row.keys.prompt} "
+                      "(EasyR1, data.prompt_key))")
+    required = _required(kind, row.keys)
     if required not in row.data:
         raise row.bad(f"{kind} format needs column {required!r}; columns are {sorted(row.data)}")
     if any(row.data.get(c) for c in _UNSUPPORTED_COLUMNS):
         raise row.bad("audio inputs are not supported", "unsupported_media")
+    columns = dict(row.data)  # as the file has them, for reward functions
+    if kind == "videor1":
+        plain = videor1_as_plain(row.data)
+        if isinstance(plain, str):
+            raise row.bad(plain)
+        row = dataclasses.replace(row, data=plain)
     messages, media, raw_answer = FORMATS[kind](row, media_options(row.data, row.ref))
     if not any(m["role"] == "user" for m in messages):
         raise row.bad("the prompt has no user message")
@@ -405,9 +443,10 @@ def row_to_sample(row: _Row, fmt: str, system_prompt: str | None, prompt_suffix:
         answer=answer,
         problem_type=problem_type(row.data.get("problem_type"), answer, options, row.ref),
         options=options,
-        columns=dict(row.data),
+        columns=columns,
         index=row.index,
         source=row.source,
+        notes=tuple(row.notes),
     )
 
 
@@ -419,17 +458,20 @@ def load_samples(
     prompt_suffix: str = "",
     split: str | None = None,
     media_root: str | None = None,
+    keys: EasyR1Keys | None = None,
 ) -> LoadResult:
     """Every row of `source` as a `Sample`. A bad row raises BadSampleError, or with
     `on_bad_sample="skip"` is logged and returned in `skipped`. `media_root`: see the module
-    docstring (None: paths are followed wherever they lead)."""
+    docstring (None: paths are followed wherever they lead). `keys`: EasyR1's column names (None:
+    DataConfig's defaults, those of EasyR1's example config)."""
     if fmt not in ("auto", *FORMATS):
         raise ValueError(f"format {fmt!r} is not one of auto, {', '.join(FORMATS)}")
     root = MediaRoot.of(media_root)
+    keys = keys or EasyR1Keys.of(DataConfig())
     rows, name, base_dir = read_rows(source, split)
     result = LoadResult(samples=[])
     for index, data in enumerate(rows):
-        row = _Row(data, index, name, base_dir, root)
+        row = _Row(data, index, name, base_dir, root, keys)
         try:
             result.samples.append(row_to_sample(row, fmt, system_prompt, prompt_suffix))
         except BadSampleError as e:
@@ -450,7 +492,7 @@ def load_samples_from_config(data_cfg: DataConfig, split: str = "train") -> Load
     total = LoadResult(samples=[])
     for path in files:
         part = load_samples(path, data_cfg.format, data_cfg.on_bad_sample, data_cfg.system_prompt, data_cfg.prompt_suffix,
-                            media_root=data_cfg.media_root)
+                            media_root=data_cfg.media_root, keys=EasyR1Keys.of(data_cfg))
         total.samples.extend(part.samples)
         total.skipped.extend(part.skipped)
     return total

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,42 @@ def _find(value: Any, where: str) -> str | None:
             if found:
                 return found
     return None
+
+
+def read_rows(source: Any, split: str | None = None) -> tuple[list[Any], str, str]:
+    """(rows, source name, folder that relative media paths resolve against)."""
+    import datasets
+
+    if isinstance(source, datasets.Dataset):
+        return _raw_rows(source), f"<dataset {source.info.dataset_name or 'in memory'}>", os.getcwd()
+    path = Path(source)
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            names = list(loaded)
+            if split is None and len(names) != 1:
+                raise ValueError(f"{path} holds splits {names}; pass split=")
+            loaded = loaded[split or names[0]]
+        return _raw_rows(loaded), str(path), str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    base = str(path.parent.resolve())
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return read_jsonl(path), str(path), base
+    if suffix == ".json":
+        rows = read_json(path)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: a JSON dataset must be a list of rows, got {type(rows).__name__}")
+        return rows, str(path), base
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist(), str(path), base
+    raise ValueError(f"{path}: unsupported dataset file type {suffix!r} (jsonl, json, parquet, or a datasets folder)")
+
+
+def _raw_rows(ds: Any) -> list[dict]:
+    """Rows as stored: an `Image` column stays {"bytes", "path"} instead of being decoded into PIL
+    images for the whole dataset up front (each image is decoded when its sample is encoded)."""
+    return ds.with_format("arrow")[0 : len(ds)].to_pylist()

@@ -59,6 +59,7 @@ class Sample:
     columns: dict[str, Any] = field(default_factory=dict)  # every dataset column, for reward functions
     index: int = -1  # row in its source file
     source: str = ""  # dataset file it came from
+    notes: tuple[str, ...] = ()  # what loading added to the row, e.g. media placeholders (check-data reports them)
 
     @property
     def ref(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mmgrpo.config import ConfigError, SFTConfig, TrainConfig, load_config
+from mmgrpo.config import SFT_SHARED, ConfigError, SFTConfig, TrainConfig, is_train_config, load_config, read_yaml
 
 USAGE = """usage: mmgrpo {verb} [CONFIG.yaml] [key=value ...]
 
@@ -12,9 +12,18 @@ Nested keys use dots, e.g. loss.preset=grpo optim.lr=1e-5 generation.num_generat
 Lists are comma-separated or YAML: reward.functions=accuracy,format  reward.weights=[1.0,0.5]"""
 
 
+def help_text(verb: str) -> str:
+    from mmgrpo.config.doc import sections
+
+    cls = TrainConfig if verb == "train" else SFTConfig
+    return (f"{USAGE.format(verb=verb)}\n\nConfig sections: {', '.join(sections(cls))} (and top-level keys such as "
+            "output_dir, max_steps).\nEvery key with its type, default, range and meaning: docs/config.md "
+            "(python scripts/config_doc.py regenerates it).")
+
+
 def parse_args(verb: str, argv: list[str]) -> tuple[str | None, list[str]] | None:
-    if argv and argv[0] in ("-h", "--help"):
-        print(USAGE.format(verb=verb))
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(verb))
         return None
     if argv and "=" not in argv[0]:
         return argv[0], argv[1:]
@@ -65,6 +74,10 @@ def sft_main(argv: list[str]) -> int:
     cfg = _load(SFTConfig, "sft", argv)
     if cfg is None:
         return 0
+    path = argv[0] if argv and "=" not in argv[0] else None
+    if path is not None and is_train_config(read_yaml(path)):
+        print(f"mmgrpo sft: {path} is a training config: SFT takes its {', '.join(SFT_SHARED)} "
+              f"(not its RL settings) and writes to {cfg.output_dir}", file=sys.stderr)
     from mmgrpo.trainer.sft import sft
 
     path = _run("sft", sft, cfg)

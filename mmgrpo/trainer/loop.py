@@ -88,8 +88,7 @@ def run_steps(run: Run, bar) -> Path | None:
             run.logger.log(run.state.step, metrics)
         if cfg.sample_every and run.state.step % cfg.sample_every == 0:
             run.logger.log_samples(run.state.step, sample_records(step))
-        bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics['loss']:.4f}")
+        show_step(run, bar, metrics)
         timings = {}
         if cfg.save_every and run.state.step % cfg.save_every == 0:  # after the log: a kill mid-save replays
             with timed(timings, "save"):  # the step; its time is logged with the next step
@@ -97,6 +96,34 @@ def run_steps(run: Run, bar) -> Path | None:
     if last is None or run.state.step % max(cfg.save_every, 1):
         last = save(run)
     return last
+
+
+HELD_OUT_SHOWN = ("accuracy", "invalid_format_rate", "error_rate")  # printed; all of them go to the metrics
+
+
+def show_step(run: Run, bar, metrics: dict[str, float]) -> None:
+    """The progress bar's figures: the reward (and accuracy) move while a Reg-GRPO loss sits near 1
+    by construction (a z-scored regression), the share of flat groups says how much the step had
+    to learn from. Held-out results and steps that train on nothing are printed (main process)."""
+    bar.update(1)
+    shown = {"reward": f"{metrics['reward/mean']:.3f}"}
+    if "accuracy" in metrics:
+        shown["acc"] = f"{metrics['accuracy']:.3f}"
+    shown.update(flat=f"{metrics['zero_std_frac']:.2f}", loss=f"{metrics['loss']:.4f}")
+    bar.set_postfix(shown)
+    if not run.accelerator.is_main_process:
+        return
+    step = run.state.step
+    held = [(k, metrics[f"eval/{k}"]) for k in HELD_OUT_SHOWN if f"eval/{k}" in metrics]
+    if held:
+        tqdm.write(f"[mmgrpo] step {step} held-out: " + ", ".join(f"{k} {v:.3f}" for k, v in held))
+    if metrics["zero_std_frac"] >= 1.0:
+        run.flat_steps += 1
+        if run.flat_steps in (1, 10, 100, 1000):  # said when it starts, then less and less often
+            tqdm.write(f"[mmgrpo] WARNING step {step}: every group's completions got equal rewards, so every "
+                       f"advantage is 0 and this step trained on nothing ({run.flat_steps} such "
+                       "steps so far). Too easy or too hard data, too few generations, or a reward that cannot "
+                       "tell completions apart; see zero_std_frac in the metrics")
 
 
 def evaluate_heldout(run: Run) -> dict[str, float]:

@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import torch
 from torch import Tensor
+from transformers import TrainerState
 
 from mmgrpo.processors.sample import BadSampleError, PromptInputs, Sample
 from mmgrpo.trainer import checkpoint as ckpt
@@ -118,6 +119,7 @@ def score(run: Run, groups: tuple[RolloutGroup, ...]) -> Tensor:
         columns = {k: [v] * g.size for k, v in reward_columns(sample).items()}
         lengths = g.completion_mask.sum(dim=1).tolist()  # [G]
         result = run.rewards(list(g.texts), columns, [sample.id] * g.size, completion_lengths=lengths,
+                             **trl_extras(run, g),
                              max_completion_length=run.cfg.generation.max_new_tokens,
                              overlong_buffer=run.cfg.reward.overlong_buffer,
                              numeric_tolerance=run.cfg.reward.numeric_tolerance)
@@ -131,6 +133,15 @@ def score(run: Run, groups: tuple[RolloutGroup, ...]) -> Tensor:
             count(run, key, n)
     G = run.cfg.generation.num_generations
     return torch.stack(out) if out else torch.zeros(0, G, terms.count, dtype=torch.float64)  # [B, G, R]
+
+
+def trl_extras(run: Run, g: RolloutGroup) -> dict:
+    """What TRL's GRPOTrainer passes every reward function besides completions and columns:
+    `prompts` (the chat messages each completion answers), `completion_ids` (its tokens, up to EOS)
+    and `trainer_state` (`global_step` = steps done, `max_steps`)."""
+    ids = [row[mask.bool()].tolist() for row, mask in zip(g.completion_ids, g.completion_mask)]  # G x [C_i]
+    state = TrainerState(global_step=run.state.step, max_steps=run.cfg.max_steps)
+    return {"prompts": [g.prompt.sample.prompt] * g.size, "completion_ids": ids, "trainer_state": state}
 
 
 def count(run: Run, key: str, n: int) -> None:

@@ -28,8 +28,8 @@ CHANGEABLE = ("max_steps", "save_every", "save_total_limit", "log_every", "sampl
               # how the LLM judge is reached, not what it grades with (reward.judge.model, template, ... are fixed)
               "reward.judge.base_url", "reward.judge.api_key", "reward.judge.api_key_env", "reward.judge.timeout_s",
               "reward.judge.retries", "reward.judge.batch_size", "reward.judge.cache_size")
-# Not compared: resume_from and init_from exclude each other in a config, so a resume's init_from is
-# unset and the run's recorded one is used (setup.run_init), checked against the adapter below.
+# Not compared here: a resume uses the run's recorded init_from (setup.run_init; a config's own must
+# name the same checkpoint, setup.check_start), checked against the adapter below.
 RUN_ONLY = ("init_from",)
 _UNSET = "<unset>"
 

@@ -1,6 +1,6 @@
 """The columns of a step's reward tensor [B, G, R] and their weights, in one place.
 
-    reward.functions        the user's functions: built-ins, `file.py:function`, `judge` (judge.py)
+    reward.functions        the user's functions: built-ins, `file.py:function`, `module:function`, `judge` (judge.py)
     overlong                DAPO's soft overlong punishment (§3.4), when reward.overlong_penalty > 0
     temporal                T-GRPO's temporal bonus (Video-R1 eq. 1), when temporal.enabled: not a
                             function of the completions alone; the temporal phase fills the column

@@ -3,9 +3,16 @@
 Convention shared with TRL (GRPOTrainer reward functions): `fn(completions, **columns) -> list[float | None]`,
 one entry per completion; dataset columns arrive as keyword lists of the same length; None means
 "not applicable to this sample" (left out of that sample's baseline, see advantages.py). A
-function should accept `**kwargs`: the runner passes every column and the global extras.
-Completions are strings; TRL's conversational form `[{"role": "assistant", "content": ...}]` is
-accepted too.
+function should accept `**kwargs`: the runner passes every column and the global extras, and the
+trainer adds what TRL's GRPOTrainer adds: `prompts` (each completion's chat messages),
+`completion_ids` and `trainer_state` (a transformers `TrainerState`: `global_step`, `max_steps`).
+
+Completions come in TRL's shape for conversational data, which every mmgrpo prompt is: each one a
+list `[{"role": "assistant", "content": text}]` (`reward.completions=text` passes plain strings
+instead). A `module:Class` spec (ms-swift's ORM plugins: a class whose instances are called as
+`orm(completions, solution, **kwargs)`) is instantiated once and given strings, as ms-swift does;
+the built-ins accept both shapes. A reward that needs a package that is not installed (TRL's
+`accuracy_reward` needs `math_verify`) stops the run with an error naming it, whatever `on_error`.
 
 Each call runs in its own daemon thread and is waited for at most `timeout_s` (a reward function
 that never returns would otherwise stall the run forever). Python cannot kill a thread, so a call
@@ -19,7 +26,9 @@ so it is noticed only when it returns; no in-process timeout can stop that, only
 from __future__ import annotations
 
 import contextvars
+import importlib
 import importlib.util
+import inspect
 import math
 import numbers
 import re
@@ -131,16 +140,35 @@ REWARDS: dict[str, RewardFn] = {
 
 
 def load_reward(name_or_spec: str | RewardFn) -> RewardFn:
-    """A built-in name (`REWARDS`), `"path/to/file.py:function"`, or a callable (returned as is)."""
+    """A built-in name (`REWARDS`), `"path/to/file.py:function"`, `"module.path:function"` (an
+    importable module, e.g. `trl.rewards:think_format_reward`), or a callable (returned as is). A
+    class named by a spec (ms-swift's ORM plugins) is instantiated once, without arguments."""
     if callable(name_or_spec):
         return name_or_spec
     spec = str(name_or_spec)
     if spec in REWARDS:
         return REWARDS[spec]
     if ":" not in spec:
-        raise ValueError(f"unknown reward {spec!r}: not a built-in {sorted(REWARDS)} nor 'file.py:function'")
-    path_str, func_name = spec.rsplit(":", 1)
-    path = Path(path_str)
+        raise ValueError(f"unknown reward {spec!r}: not a built-in {sorted(REWARDS)} nor 'file.py:function' "
+                         "nor 'module.path:function'")
+    where, func_name = spec.rsplit(":", 1)
+    module = _module_of_file(spec, Path(where)) if _names_a_file(where) else _import_module(spec, where)
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise ValueError(f"reward {spec!r}: {where} has no callable {func_name!r}")
+    if not inspect.isclass(fn):
+        return fn
+    try:
+        return fn()  # ms-swift builds its ORMs without arguments too
+    except TypeError as e:
+        raise ValueError(f"reward {spec!r}: class {func_name} cannot be built without arguments ({e})") from e
+
+
+def _names_a_file(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or "\\" in where or Path(where).is_file()
+
+
+def _module_of_file(spec: str, path: Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"reward {spec!r}: file {path} not found")
     module_name = f"mmgrpo_user_reward_{abs(hash(str(path.resolve())))}"
@@ -148,11 +176,40 @@ def load_reward(name_or_spec: str | RewardFn) -> RewardFn:
     if module_spec is None or module_spec.loader is None:
         raise ValueError(f"reward {spec!r}: cannot import {path}")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise ValueError(f"reward {spec!r}: {path} has no callable {func_name!r}")
-    return fn
+    try:
+        module_spec.loader.exec_module(module)
+    except ImportError as e:
+        raise ImportError(f"reward {spec!r}: {path} {missing_package(e)}") from e
+    return module
+
+
+def _import_module(spec: str, name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        if getattr(e, "name", None) == name:
+            raise ValueError(f"reward {spec!r}: no file {name} and no importable module {name!r}") from None
+        raise ImportError(f"reward {spec!r}: module {name} {missing_package(e)}") from e
+
+
+def missing_package(e: ImportError) -> str:
+    """What an ImportError says is missing, as advice (TRL's own messages name the package already)."""
+    name = getattr(e, "name", None)
+    if name:
+        top = name.split(".")[0]
+        return f"needs the package {top!r}, which is not installed: pip install {top.replace('_', '-')} ({e})"
+    return f"needs a package that is not installed: {e}"
+
+
+def takes_text(fn: RewardFn) -> bool:
+    """Functions given plain-string completions whatever `reward.completions` says: the built-ins
+    (they read both shapes) and instances of a class (ms-swift's ORMs, called with strings)."""
+    return fn in REWARDS.values() or not (inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isbuiltin(fn))
+
+
+def as_messages(completions: list) -> list:
+    """TRL's shape of conversational completions: one assistant message per completion."""
+    return [c if isinstance(c, list) else [{"role": "assistant", "content": c}] for c in completions]
 
 
 class RewardError(RuntimeError):
@@ -257,11 +314,14 @@ class RewardRunner:
     """
 
     def __init__(self, functions: Sequence[str | RewardFn], weights: Sequence[float],
-                 on_error: Literal["raise", "zero"] = "raise", timeout_s: float = RewardConfig.timeout_s):
+                 on_error: Literal["raise", "zero"] = "raise", timeout_s: float = RewardConfig.timeout_s,
+                 completions: Literal["messages", "text"] = RewardConfig.completions):
         if len(functions) != len(weights):
             raise ValueError(f"{len(weights)} reward weights for {len(functions)} reward functions")
         if on_error not in ("raise", "zero"):
             raise ValueError(f"on_error must be 'raise' or 'zero', got {on_error!r}")
+        if completions not in ("messages", "text"):
+            raise ValueError(f"completions must be 'messages' or 'text', got {completions!r}")
         if not (isinstance(timeout_s, numbers.Real) and math.isfinite(timeout_s) and timeout_s > 0):
             raise ValueError(f"timeout_s must be a positive finite number of seconds, got {timeout_s!r}")
         self.functions = [load_reward(f) for f in functions]
@@ -269,6 +329,8 @@ class RewardRunner:
         self.names = [
             f if isinstance(f, str) else builtin.get(id(f), getattr(f, "__name__", repr(f))) for f in functions
         ]
+        # [R] True: this function gets plain strings, False: TRL's conversational messages
+        self.text = [completions == "text" or takes_text(fn) for fn in self.functions]
         self.weights = torch.tensor([float(w) for w in weights])  # [R]
         self.on_error, self.timeout_s = on_error, float(timeout_s)
         self.hung: list[list[threading.Thread]] = [[] for _ in self.functions]  # [R] timed-out calls
@@ -279,7 +341,8 @@ class RewardRunner:
         return 0.0
 
     def _call(self, r: int, completions: list, columns: dict, ids: list[str], extra: dict) -> list:
-        kwargs = dict(completions=completions, **columns, **extra)  # a clash raises here, as a call would
+        shaped = completions if self.text[r] else as_messages(completions)
+        kwargs = dict(completions=shaped, **columns, **extra)  # a clash raises here, as a call would
         hung = self.hung[r] = [t for t in self.hung[r] if t.is_alive()]
         if len(hung) >= MAX_HUNG_CALLS:
             raise _TimedOut(f"not called: {len(hung)} earlier calls did not return within {self.timeout_s:g} s "
@@ -325,6 +388,8 @@ class RewardRunner:
             raw = self._call(r, completions, columns, ids, extra)
         except RewardError:
             raise
+        except ImportError as e:  # a missing package fails every sample: no retries, whatever on_error
+            raise RewardError(name, None, missing_package(e)) from e
         except _TimedOut as e:  # all its samples fail at once (see the class docstring)
             if self.on_error == "raise":
                 sample, listed = _who(ids)

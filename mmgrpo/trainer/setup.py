@@ -29,6 +29,7 @@ from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer import distributed as dist
 from mmgrpo.trainer import resume_checks, runlock
 from mmgrpo.trainer.logger import MetricsLogger
+from mmgrpo.trainer.summary import RunFacts, starting_point, summary
 from mmgrpo.trainer.update import PolicyParts, UpdateSettings
 
 
@@ -53,6 +54,7 @@ class Run:
     special: SpecialIds
     backend: RolloutBackend
     prompt_cache: OrderedDict = field(default_factory=OrderedDict)  # sample id -> PromptInputs (LRU)
+    flat_steps: int = 0  # steps of this process's run in which every group had equal rewards (warned about)
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +109,7 @@ def build_policy(model_cfg: ModelConfig, lora_cfg: LoraConfig, start_from: Path 
 
 def run_init(cfg: TrainConfig, resume: Path | None) -> Path | None:
     """The checkpoint the run started from: cfg.init_from, or on resume the one the run recorded
-    (resume_from and init_from exclude each other in a config)."""
+    (check_start has checked that a config's init_from is that one)."""
     init = ckpt.load_trainer_state(resume).config["init_from"] if resume is not None else cfg.init_from
     return Path(init) if init else None
 
@@ -159,6 +161,11 @@ def check_start(cfg: TrainConfig, resume: Path | None) -> None:
     if state.kind != "grpo":
         raise ValueError(f"resume_from={resume} is an `mmgrpo sft` checkpoint: start RL from it with "
                          f"init_from={resume}")
+    recorded = state.config.get("init_from")
+    if cfg.init_from is not None and (recorded is None or Path(cfg.init_from).resolve() != Path(recorded).resolve()):
+        raise ValueError(f"resume from {resume}: init_from={cfg.init_from} in the config, but the run started from "
+                         f"{recorded or 'the base model'}; resume with that init_from (or none), or start a new run "
+                         "in a new output_dir")
     resume_checks.config_changes(state.config, cfg, resume)
     resume_checks.check_checkpoint(state, resume, cfg)
 
@@ -255,18 +262,31 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
     terms = reward_terms(cfg)
     rewards = RewardRunner(reward_functions(cfg, accelerator.device), terms.weights[: len(terms.specs)],
-                           cfg.reward.on_error, timeout_s=cfg.reward.timeout_s)
+                           cfg.reward.on_error, timeout_s=cfg.reward.timeout_s, completions=cfg.reward.completions)
     # the logs are cut back to the step the run starts from; the logger releases the lock when it closes
     logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=accelerator.is_main_process,
                            start_step=state.step, lock=lock)
     special = special_ids(model, processor.tokenizer)
-    if accelerator.is_main_process:  # how one prompt serves its group, in the run's log
-        layout = shared_layout(model, training=True) if cfg.forward_mode == "shared" else "repeat rows"
-        print(f"[mmgrpo] {family_of(model).title}: forward_mode={cfg.forward_mode}, log-prob forward by {layout}")
+    if accelerator.is_main_process:
+        announce(cfg, accelerator, model, (resume, init), (samples, eval_samples, counters["skipped_samples"]))
     backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
                            Sampling.of(cfg.generation), cfg.forward_mode)
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
                samples, eval_samples, state, logger, augment, special, backend)
+
+
+def announce(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, start: tuple, data: tuple) -> None:
+    """The start-up summary (trainer/summary.py), and how one prompt serves its group."""
+    (resume, init), (samples, eval_samples, skipped) = start, data
+    lora = f"r={cfg.lora.r}, alpha={cfg.lora.alpha}" if cfg.lora.enabled else None
+    if (resume or init) is not None and is_adapter_folder(resume or init):
+        lora = "(the checkpoint's adapter, trained on)"
+    facts = RunFacts("train", len(samples), skipped, len(eval_samples), cfg.model.name_or_path,
+                     starting_point(resume, init), lora, accelerator.num_processes, str(accelerator.device),
+                     cfg.output_dir)
+    print(summary(facts, model))
+    layout = shared_layout(model, training=True) if cfg.forward_mode == "shared" else "repeat rows"
+    print(f"  forward    {family_of(model).title}: forward_mode={cfg.forward_mode}, log-prob forward by {layout}")
 
 
 def save(run: Run) -> Path:

@@ -19,6 +19,7 @@ from mmgrpo.models.logprobs import batch_logprobs
 from mmgrpo.models.special import special_ids
 from mmgrpo.trainer.phases import epoch_order
 from mmgrpo.trainer.setup import build_optimizer, build_policy, check_fresh
+from mmgrpo.trainer.summary import RunFacts, summary
 
 
 def target_ids(processor, sample: Sample, template: str) -> torch.Tensor:
@@ -54,13 +55,19 @@ def sft(cfg: SFTConfig) -> Path:
     model = build_policy(cfg.model, cfg.lora, None, acc.device)
     optimizer, sched = build_optimizer(model, cfg.optim, cfg.max_steps)
     model, optimizer = acc.prepare(model, optimizer)
-    samples = load_samples_from_config(cfg.data, split="train").samples
+    loaded = load_samples_from_config(cfg.data, split="train")
+    samples = loaded.samples
+    if not samples:
+        raise ValueError(f"data.train {cfg.data.train}: no usable samples")
+    if acc.is_main_process:
+        print(summary(_facts(cfg, acc, len(samples), len(loaded.skipped)), model))
     encoder = PromptEncoder(processor, cfg.vision, MediaCache(cfg.vision.cache_size, cfg.vision.disk_cache))
-    logger = MetricsLogger(cfg.output_dir, ["jsonl"], to_dict(cfg), enabled=acc.is_main_process, lock=lock)
+    logger = MetricsLogger(cfg.output_dir, cfg.report_to, to_dict(cfg), enabled=acc.is_main_process, lock=lock)
     state = ckpt.TrainerState(config=to_dict(cfg), kind="sft")
     pad_id = special_ids(model, processor.tokenizer).pad
     model.train()
-    for step in tqdm(range(cfg.max_steps), disable=not cfg.progress_bar, desc="sft"):
+    bar = tqdm(range(cfg.max_steps), disable=not (cfg.progress_bar and acc.is_main_process), desc="sft")
+    for step in bar:
         batch = []
         for s in next_batch(state, samples, cfg.batch_size, cfg.seed, cfg.data.shuffle):
             batch.append((encoder.encode(s).to(acc.device), target_ids(processor, s, cfg.target_template).to(acc.device)))
@@ -71,6 +78,7 @@ def sft(cfg: SFTConfig) -> Path:
         sched.step()
         optimizer.zero_grad(set_to_none=True)
         state.step = step + 1
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if state.step % cfg.log_every == 0:
             logger.log(state.step, {"sft/loss": float(loss.detach()), "grad_norm": float(grad_norm), "tokens": tokens})
         if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.max_steps:
@@ -78,6 +86,12 @@ def sft(cfg: SFTConfig) -> Path:
     path = _save(cfg, state, acc, model, processor, optimizer, sched)
     logger.close()  # releases the run lock: after the last write
     return path
+
+
+def _facts(cfg: SFTConfig, acc: Accelerator, samples: int, skipped: int) -> RunFacts:
+    lora = f"r={cfg.lora.r}, alpha={cfg.lora.alpha}" if cfg.lora.enabled else None
+    return RunFacts("sft", samples, skipped, 0, cfg.model.name_or_path, "the base model's weights", lora,
+                    acc.num_processes, str(acc.device), cfg.output_dir)
 
 
 def next_batch(state: ckpt.TrainerState, samples: list[Sample], size: int, seed: int, shuffle: bool) -> list[Sample]:
