@@ -20,6 +20,7 @@ from mmgrpo.models.special import special_ids
 from mmgrpo.trainer.phases import epoch_order
 from mmgrpo.trainer.setup import build_optimizer, build_policy, check_fresh
 from mmgrpo.trainer.summary import RunFacts, summary
+from mmgrpo.trainer.update import NonFiniteGradientError, clipped_step
 
 
 def target_ids(processor, sample: Sample, template: str) -> torch.Tensor:
@@ -73,10 +74,10 @@ def sft(cfg: SFTConfig) -> Path:
             batch.append((encoder.encode(s).to(acc.device), target_ids(processor, s, cfg.target_template).to(acc.device)))
         loss, tokens = sft_loss(model, batch, pad_id)
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-        optimizer.step()
-        sched.step()
-        optimizer.zero_grad(set_to_none=True)
+        try:
+            grad_norm = clipped_step(acc, model, optimizer, sched, cfg.optim.max_grad_norm)
+        except NonFiniteGradientError as e:
+            raise NonFiniteGradientError(f"sft step {step + 1}: {e}") from None
         state.step = step + 1
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if state.step % cfg.log_every == 0:

@@ -193,18 +193,24 @@ class NonFiniteGradientError(RuntimeError):
 
 
 def optimizer_step(parts: PolicyParts, max_grad_norm: float) -> float:
-    grad_norm = parts.accelerator.clip_grad_norm_(parts.model.parameters(), max_grad_norm)
+    return clipped_step(parts.accelerator, parts.model, parts.optimizer, parts.lr_scheduler, max_grad_norm)
+
+
+def clipped_step(acc: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler: Any,
+                 max_grad_norm: float) -> float:
+    """Clip, step, schedule, zero; returns the gradient norm before clipping (RL and SFT alike)."""
+    grad_norm = acc.clip_grad_norm_(model.parameters(), max_grad_norm)
     # The norm is global (taken after the gradient sync), so every process decides alike. An AdamW
     # step on NaN gradients would make every weight NaN and the next checkpoint worthless; fp16's
     # loss scaler skips such steps itself, which is its normal start-up, so it is left to it.
-    if grad_norm is not None and parts.accelerator.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
-        parts.optimizer.zero_grad(set_to_none=True)
+    if grad_norm is not None and acc.scaler is None and not torch.isfinite(torch.as_tensor(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
         raise NonFiniteGradientError(
             f"the gradient norm is {float(grad_norm)}: the weights were not updated and the last checkpoint "
             "is intact; lower optim.lr, check the reward scale, or train in model.dtype=float32")
-    parts.optimizer.step()
-    parts.lr_scheduler.step()
-    parts.optimizer.zero_grad(set_to_none=True)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
     return float(grad_norm) if grad_norm is not None else float("nan")  # DeepSpeed: None before its 1st step
 
 
