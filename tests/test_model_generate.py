@@ -262,3 +262,29 @@ def test_vision_tower_runs_once_per_rollout(tiny):
     with torch.no_grad(), TowerCalls(model) as calls:
         generate(model, processor, prompts, 4, greedy(3), seeded(3))
     assert calls.patches == [total_patches(prompts)]
+
+
+def test_greedy_hf_generate_takes_no_sampling_flag_from_the_checkpoint(tiny):
+    """Greedy decoding (eval, infer) sets every sampling flag itself: one left unset was filled from
+    the checkpoint's generation_config (Qwen2.5-VL ships top_k=1, top_p=0.001) and transformers then
+    warned that the flags are ignored. (The warning is logged once per process: run alone, this fails without the fix.)"""
+    import logging
+
+    from mmgrpo.models.generate import generate_texts
+
+    model, processor = tiny
+    model = copy.deepcopy(model)
+    model.generation_config.update(top_k=1, top_p=0.001, temperature=0.1)  # as released checkpoints ship it
+    special = special_ids(model, processor.tokenizer)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        out = generate_texts(model, processor.tokenizer, special, [make_prompt(processor, ["image"])], greedy(4),
+                             num_samples=1, seed=0)
+    finally:
+        logger.removeHandler(handler)
+    assert len(out.texts) == 1
+    assert not [r for r in records if "generation flags are not valid" in r.getMessage()]

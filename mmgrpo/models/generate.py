@@ -207,13 +207,15 @@ def hf_generation_config(sampling: Sampling, special: SpecialIds) -> HFGeneratio
     generation_config.json (Qwen2.5-VL ships repetition_penalty=1.05, top_k=1, top_p=0.001), and
     the samples would no longer come from the policy the loss assumes."""
     greedy = sampling.temperature == 0
+    # greedy: the sampling flags at transformers' own defaults, which read as unset; None would take the
+    # checkpoint's values, and then generate warns on every call that they are ignored
     return HFGenerationConfig(
         do_sample=not greedy,
-        temperature=None if greedy else sampling.temperature,
-        top_k=None if greedy else sampling.top_k,
-        top_p=None if greedy else sampling.top_p,
+        temperature=1.0 if greedy else sampling.temperature,
+        top_k=50 if greedy else sampling.top_k,
+        top_p=1.0 if greedy else sampling.top_p,
         min_p=None if greedy else 0.0,
-        typical_p=None if greedy else 1.0,
+        typical_p=1.0,
         repetition_penalty=1.0,
         max_new_tokens=sampling.max_new_tokens,
         num_return_sequences=1,
