@@ -110,13 +110,33 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class VLLMConfig:
+    """generation.backend=vllm: the in-process vLLM engine (models/vllm_backend.py, docs/vllm.md)."""
+
+    # optimizer steps between weight syncs; > 1 samples from weights up to sync_every - 1 steps old
+    # (off-policy, corrected by importance sampling); checkpoints must then land on sync steps
+    sync_every: int = bounded(1, ge=1)
+    # truncated importance sampling of trainer / engine log-probs (TRL's vllm_importance_sampling_*):
+    # "none", or token / sequence ratios truncated at is_cap or masked to 0 above it. Reg-GRPO is a
+    # sequence-level objective and takes the sequence modes
+    is_mode: Literal["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "sequence_truncate"
+    is_cap: float = bounded(3.0, ge=1)  # TRL's vllm_importance_sampling_clip_max
+    gpu_memory_utilization: float = bounded(0.3, gt=0, le=1)  # GPU share of the engine (weights + KV cache)
+    cpu_kv_cache_gib: float = bounded(1.0, gt=0)  # CPU builds: VLLM_CPU_KVCACHE_SPACE (else 92% of RAM)
+    sleep: bool = True  # release the engine's GPU memory during the update (vLLM sleep level 1) where supported
+    max_images: int = bounded(4, ge=0)  # per prompt: vLLM sizes its encoder budget for this many
+    max_videos: int = bounded(1, ge=0)
+
+
+@dataclass(frozen=True)
 class GenerationConfig:
-    backend: Literal["hf"] = "hf"  # rollout backend (mmgrpo.models.backends)
+    backend: Literal["hf", "vllm"] = "hf"  # rollout backend (mmgrpo.models.backends.BACKENDS)
     num_generations: int = bounded(8, ge=2)  # G: a group needs two completions to compare
     max_new_tokens: int = bounded(256, ge=1)
     temperature: float = bounded(1.0, gt=0)  # GRPO needs sampled, not greedy, completions
     top_p: float = bounded(1.0, gt=0, le=1)
     top_k: int = bounded(0, ge=0)  # 0 = off
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 JUDGE_TEMPLATE = (
@@ -544,6 +564,7 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"lora.dropout={cfg.lora.dropout:g} with optim.updates_per_rollout="
                               f"{cfg.optim.updates_per_rollout}: the old log-probs are computed without dropout, so "
                               "every ratio of the first pass would be dropout noise; set lora.dropout=0")
+        check_vllm(cfg)
         if cfg.eval.every and not cfg.data.eval:
             raise ConfigError(f"eval.every={cfg.eval.every} needs held-out data: set data.eval (or eval.every=0)")
     if hasattr(cfg, "lora") and cfg.lora.enabled and cfg.lora.experts and cfg.lora.dropout:
@@ -560,6 +581,20 @@ def validate(cfg: Any) -> None:
 # Seed streams of a step: the groups of dynamic sampling's rounds take 0 .. prompts_per_step x
 # max_rounds - 1; difficulty augmentation and T-GRPO offset them by multiples of this.
 MAX_STREAMS = 100_000
+
+
+def check_vllm(cfg: TrainConfig) -> None:
+    """The vLLM backend's settings against the run's."""
+    v = cfg.generation.vllm
+    if cfg.generation.backend != "vllm":
+        return
+    if cfg.loss.objective == "reg_grpo" and v.is_mode.startswith("token"):
+        raise ConfigError(f"generation.vllm.is_mode={v.is_mode} with loss.objective=reg_grpo: Reg-GRPO regresses whole "
+                          "sequences, so its importance weight is a sequence's; use sequence_truncate or sequence_mask")
+    if v.sync_every > 1 and (cfg.save_every % v.sync_every or cfg.max_steps % v.sync_every):
+        raise ConfigError(f"generation.vllm.sync_every={v.sync_every} needs save_every ({cfg.save_every}) and max_steps "
+                          f"({cfg.max_steps}) to be multiples of it: a checkpoint between syncs could not restore the "
+                          "engine's older weights, and resume would not be exact")
 
 
 def check_reward_terms(cfg: TrainConfig) -> None:

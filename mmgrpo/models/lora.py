@@ -3,6 +3,7 @@ projections the family has), the vision tower frozen, fp16 master weights, gradi
 from __future__ import annotations
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedModel
 
 from mmgrpo.config import LoraConfig, ModelConfig
@@ -84,3 +85,30 @@ def prepare_policy(model: torch.nn.Module, model_cfg: ModelConfig, lora_cfg: Lor
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def merged_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's weights under their Hugging Face checkpoint names, LoRA deltas merged in (W + B A
+    * scale, PEFT's own `get_delta_weight`), computed aside: the model is left exactly as it was
+    (merge_adapter / unmerge_adapter would round the base weights). For a rollout engine's sync."""
+    from peft.tuners.lora import LoraLayer
+
+    model = extract_model_from_parallel(model)
+    if not hasattr(model, "get_base_model"):  # full fine-tuning: the weights as they are
+        return {name: t.detach() for name, t in model.state_dict().items()}
+    deltas = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and not module.disable_adapters:
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    key = f"{name}.base_layer.weight"
+                    deltas[key] = deltas.get(key, 0) + module.get_delta_weight(adapter).detach()
+    out = {}
+    for name, t in model.state_dict().items():
+        if ".lora_" in name:
+            continue
+        value = t.detach() + deltas[name].to(t.dtype) if name in deltas else t.detach()
+        out[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value
+    if len(deltas) != sum(1 for name in model.state_dict() if name in deltas):
+        raise RuntimeError("LoRA merge: some adapted layers have no base weight in the state dict")
+    return out

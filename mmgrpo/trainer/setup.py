@@ -15,8 +15,7 @@ from accelerate import Accelerator
 from transformers import ProcessorMixin
 
 from mmgrpo.config import LoraConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
-from mmgrpo.models.backends import RolloutBackend, make_backend
-from mmgrpo.models.generate import Sampling
+from mmgrpo.models.backends import BackendSpec, RolloutBackend, make_backend
 from mmgrpo.models.families import family_of
 from mmgrpo.models.loading import load_model, load_processor
 from mmgrpo.models.logprobs import shared_layout
@@ -263,8 +262,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     if accelerator.is_main_process:  # how one prompt serves its group, in the run's log
         layout = shared_layout(model, training=True) if cfg.forward_mode == "shared" else "repeat rows"
         print(f"[mmgrpo] {family_of(model).title}: forward_mode={cfg.forward_mode}, log-prob forward by {layout}")
-    backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
-                           Sampling.of(cfg.generation), cfg.forward_mode)
+    backend = make_backend(BackendSpec(cfg.generation, processor.tokenizer, special, cfg.forward_mode,
+                                       cfg.model.name_or_path, cfg.model.dtype,
+                                       cfg.vision.max_prompt_length + cfg.generation.max_new_tokens, cfg.seed))
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
                samples, eval_samples, state, logger, augment, special, backend)
 
