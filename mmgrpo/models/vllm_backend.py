@@ -78,7 +78,7 @@ def media_request(media: tuple[ShownMedia, ...]) -> tuple[dict, dict]:
     pixels = [int(m.frames.shape[2] * m.frames.shape[3]) for m in media]
     # vLLM counts placeholders with Qwen's smart_resize(min_pixels, max_pixels): the frames' own sizes
     # (multiples of the patch grid) are its fixed points, and the HF processor does not resize at all
-    return data, {"do_resize": False, "min_pixels": min(pixels), "max_pixels": max(pixels)}
+    return data, {"do_resize": False, "size": {"shortest_edge": min(pixels), "longest_edge": max(pixels)}}
 
 
 def restore_threads(run):
