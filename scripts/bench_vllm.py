@@ -51,7 +51,8 @@ def shape_rows(bs, args, model, processor, folder: Path, device) -> dict:
 
     special = special_ids(model, processor.tokenizer)
     shapes = {k: bs.PRESETS[args.preset].shapes[k] for k in args.shapes.split(",")}
-    prompts = {k: [p.to(device) for p in bs.make_prompts(processor, s, args.prompts, seed=0)] for k, s in shapes.items()}
+    prompts = {k: [p.to(device) for p in bs.make_prompts(processor, s, args.prompts, seed=0)]
+               for k, s in shapes.items()}
     gens = {k: GenerationConfig(num_generations=args.G, max_new_tokens=s.max_new_tokens) for k, s in shapes.items()}
     out = {k: {"hf": timed_rollouts(HFBackend(processor.tokenizer, special, args.G, Sampling.of(gens[k]), "shared"),
                                     model, prompts[k], args.steps, args.warmup, device)} for k in shapes}

@@ -4,6 +4,8 @@ random labels, Reg-GRPO with the demo config, greedy held-out evaluation), on vi
 prompts in one run (full fine-tuning, in CI: about 3 minutes), and with LoRA (slow)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tests.vllm_utils import require_vllm
@@ -21,7 +23,9 @@ def learn(root, overrides: list[str]) -> dict[str, float]:
     """Held-out accuracy per media kind after SFT (format only) and after Reg-GRPO with vLLM rollouts."""
     base = save_tiny(root / "base", TinySpec(seed=0))
     tasks = {kind: make_task(root / kind, TaskSpec(seed=0, media=kind)) for kind in ("video", "image")}
-    start = sft(sft_config(base, tasks["video"].sft_format, root / "sft", 40, "qwen2_5_vl"))
+    warmup = sft_config(base, tasks["video"].sft_format, root / "sft", 40, "qwen2_5_vl")
+    formats = (str(tasks["video"].sft_format), str(tasks["image"].sft_format))
+    start = sft(dataclasses.replace(warmup, data=dataclasses.replace(warmup.data, train=formats)))
     cfg = rl_config(start, tasks["video"].train, tasks["video"].heldout, root / "rl", [
         f"data.train=[{tasks['video'].train},{tasks['image'].train}]", "generation.backend=vllm",
         "progress_bar=false", "sample_every=0", *overrides])

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
 from mmgrpo.config import VLLMConfig
@@ -215,9 +214,9 @@ class VLLMBackend:
     def rollout(self, out, prompt: PromptInputs, G: int) -> Rollout:
         """vLLM's G completions of one prompt as a `Rollout`, with the sampled tokens' log-probs."""
         if out.prompt_token_ids != prompt.input_ids[0].tolist():
-            raise RolloutEngineError(f"sample {prompt.sample.ref}: vLLM expanded the prompt to {len(out.prompt_token_ids)} "
-                                     f"tokens, the trainer's processor to {prompt.length}: the vision placeholders "
-                                     "would not match the training forward")
+            raise RolloutEngineError(f"sample {prompt.sample.ref}: vLLM expanded the prompt to "
+                                     f"{len(out.prompt_token_ids)} tokens, the trainer's processor to {prompt.length} "
+                                     "(or to other ids): the vision placeholders would not match the training forward")
         if len(out.outputs) != G:
             raise RolloutEngineError(f"vLLM returned {len(out.outputs)} completions for a group of {G}")
         C = max(len(c.token_ids) for c in out.outputs)

@@ -221,7 +221,8 @@ def reduce_stats(parts: PolicyParts, metrics: list, losses: list[float], grad_no
                  active: int) -> dict[str, float]:
     """Step statistics over all processes and passes. The loss is the sum of the processes' shares;
     loss metrics are means weighted by each micro-batch's groups, except counts (`*_groups`),
-    which are summed over the step, and maxima (`*_max`), the step's largest. The gradient norm is already global (taken after the sync)."""
+    which are summed over the step, and maxima (`*_max`), the step's largest. The gradient norm is
+    already global (taken after the sync)."""
     parts_ = dist.gather_list(parts.accelerator, [(losses, metrics, active)])
     passes = len(losses)
     out: dict[str, float] = {}
