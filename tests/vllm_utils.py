@@ -2,7 +2,6 @@
 CI's vLLM invocation (`MMGRPO_REQUIRE_VLLM=1`, set by .ci/run), where a missing vllm is a failure."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -11,9 +10,12 @@ REQUIRED = os.environ.get("MMGRPO_REQUIRE_VLLM") == "1"
 
 
 def require_vllm() -> None:
-    """Call at module level, before anything imports vllm."""
-    if importlib.util.find_spec("vllm") is not None:
-        return
-    if REQUIRED:
-        raise RuntimeError("MMGRPO_REQUIRE_VLLM=1 but vllm is not installed (scripts/install_vllm_cpu.sh)")
-    pytest.skip("vllm is not installed (the `vllm` extra, or scripts/install_vllm_cpu.sh)", allow_module_level=True)
+    """Call at module level, before the test module imports anything of vllm."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        if REQUIRED:
+            raise RuntimeError("MMGRPO_REQUIRE_VLLM=1 but vllm cannot be imported "
+                               "(scripts/install_vllm_cpu.sh constraints-vllm.txt)") from e
+        pytest.skip(f"vllm is not installed (the `vllm` extra, or scripts/install_vllm_cpu.sh): {e}",
+                    allow_module_level=True)
