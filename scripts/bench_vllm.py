@@ -65,8 +65,9 @@ def shape_rows(bs, args, model, processor, folder: Path, device) -> dict:
         backend = VLLMBackend(llm, processor.tokenizer, special, args.G, Sampling.of(gens[k]), VLLMConfig(sleep=False))
         t0 = time.perf_counter()
         backend.push(model)
+        synced = time.perf_counter() - t0
         out[k]["vllm"] = {**timed_rollouts(backend, model, prompts[k], args.steps, args.warmup, device),
-                          "engine_start_s": started, "weight_sync_s": time.perf_counter() - t0}
+                          "engine_start_s": started, "weight_sync_s": synced}
         out[k]["shape"] = vars(shapes[k])
     llm.llm_engine.engine_core.shutdown()
     return out
