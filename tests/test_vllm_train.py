@@ -58,3 +58,29 @@ def test_resume_is_exact(tiny_dir, task, rewards, tmp_path):
     keys = ("reward/mean", "loss", "rollout/logp_delta_mean", "rollout/logp_delta_max")
     ma, mb = metrics(tmp_path / "a"), metrics(tmp_path / "b")
     assert [[r[k] for k in keys] for r in ma] == [[r[k] for k in keys] for r in mb]
+
+
+def test_failed_sync_stops_the_run(tiny_dir, task, rewards, tmp_path, monkeypatch):
+    """The engine rejects the sync after step 1: the run stops with the error (the engine is closed,
+    the output_dir released) instead of sampling step 2 from step 1's weights."""
+    from vllm import LLM
+
+    from mmgrpo.models.vllm_backend import RolloutEngineError
+
+    real, reloads = LLM.collective_rpc, []
+
+    def failing_second_reload(self, method, *args, **kwargs):  # the first reload is the run's initial sync
+        if method == "reload_weights":
+            reloads.append(1)
+            if len(reloads) == 2:
+                raise RuntimeError("injected: the engine rejected the weights")
+        return real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(LLM, "collective_rpc", failing_second_reload)
+    cfg = tiny_train_config(tiny_dir, task, tmp_path / "run", rewards, "generation.backend=vllm", "max_steps=3")
+    with pytest.raises(RolloutEngineError, match="weight sync failed"):
+        train(cfg)
+    assert len(metrics(tmp_path / "run")) == 0  # step 1's log line comes after its sync: nothing was logged
+    monkeypatch.undo()
+    train(cfg)  # the output_dir lock was released and a new engine starts in this process
+    assert len(metrics(tmp_path / "run")) == 3

@@ -149,8 +149,12 @@ class VLLMBackend:
         """Shut the engine down now. vLLM keeps one engine's distributed state per process and tears it
         down when an engine is collected, so a later engine (the next run in this process) is only safe
         once the previous one is closed; closing twice is harmless."""
-        self.broken = self.broken or "closed"
-        self.llm.llm_engine.engine_core.shutdown()
+        failed, self.broken = self.broken, self.broken or "closed"
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        except Exception:
+            if not failed:  # a dead engine may fail to shut down too: the error that broke it is the one to see
+                raise
 
     # -- engine calls --------------------------------------------------------------------------
 
