@@ -115,13 +115,13 @@ def test_merged_weights_equal_peft_merge_and_leave_the_policy(tiny):
             if "lora_B" in name:
                 p.normal_(0, 0.1)
     before = {k: v.clone() for k, v in peft.state_dict().items()}
-    got = merged_weights(peft)
+    got = dict(merged_weights(peft))
     assert all(torch.equal(before[k], v) for k, v in peft.state_dict().items())
     want = copy.deepcopy(peft).merge_and_unload().state_dict()
     assert got.keys() == want.keys()
     assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-6
     assert any(not torch.equal(got[k], tiny[0].state_dict()[k]) for k in want)  # the adapter is in
-    full = merged_weights(tiny[0])
+    full = dict(merged_weights(tiny[0]))
     assert all(torch.equal(full[k], v) for k, v in tiny[0].state_dict().items())
 
 

@@ -2,6 +2,8 @@
 projections the family has), the vision tower frozen, fp16 master weights, gradient checkpointing."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedModel
@@ -87,28 +89,29 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def merged_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The policy's weights under their Hugging Face checkpoint names, LoRA deltas merged in (W + B A
-    * scale, PEFT's own `get_delta_weight`), computed aside: the model is left exactly as it was
-    (merge_adapter / unmerge_adapter would round the base weights). For a rollout engine's sync."""
+def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights as (Hugging Face checkpoint name, tensor), LoRA deltas merged in (W + B A
+    * scale, PEFT's own `get_delta_weight`). Lazily, one merged layer at a time (a rollout engine's
+    sync then holds one extra layer, not a second model), and aside: the model is left exactly as it
+    was (merge_adapter / unmerge_adapter would round the base weights)."""
     from peft.tuners.lora import LoraLayer
 
     model = extract_model_from_parallel(model)
     if not hasattr(model, "get_base_model"):  # full fine-tuning: the weights as they are
-        return {name: t.detach() for name, t in model.state_dict().items()}
-    deltas = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and not module.disable_adapters:
-            for adapter in module.active_adapters:
-                if adapter in module.lora_A:
-                    key = f"{name}.base_layer.weight"
-                    deltas[key] = deltas.get(key, 0) + module.get_delta_weight(adapter).detach()
-    out = {}
+        yield from ((name, t.detach()) for name, t in model.state_dict().items())
+        return
+    adapted = {f"{name}.base_layer.weight": m for name, m in model.named_modules()
+               if isinstance(m, LoraLayer) and not m.disable_adapters}
+    merged = set()
     for name, t in model.state_dict().items():
         if ".lora_" in name:
             continue
-        value = t.detach() + deltas[name].to(t.dtype) if name in deltas else t.detach()
-        out[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = value
-    if len(deltas) != sum(1 for name in model.state_dict() if name in deltas):
-        raise RuntimeError("LoRA merge: some adapted layers have no base weight in the state dict")
-    return out
+        value = t.detach()
+        if name in adapted:
+            m = adapted[name]
+            for adapter in (a for a in m.active_adapters if a in m.lora_A):
+                value = value + m.get_delta_weight(adapter).detach().to(t.dtype)
+            merged.add(name)
+        yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), value
+    if merged != set(adapted):  # e.g. adapters on fused expert parameters, which hold no `base_layer.weight`
+        raise RuntimeError(f"LoRA merge: no base weight for the adapted layers {sorted(set(adapted) - merged)[:3]}")

@@ -176,11 +176,9 @@ class VLLMBackend:
     def push(self, policy: torch.nn.Module) -> None:
         """The policy's current weights (LoRA merged) into the engine, then every cache that holds
         values computed with the old ones reset."""
-        weights = merged_weights(policy)
-
         def reload():
             self.llm.collective_rpc("reload_weights", kwargs={
-                "weights_iterator": iter(weights.items()), "is_checkpoint_format": True})
+                "weights_iterator": merged_weights(policy), "is_checkpoint_format": True})
             self.llm.llm_engine.reset_encoder_cache()
             if not self.llm.reset_prefix_cache():
                 raise RuntimeError("the prefix cache could not be reset (requests still running)")
