@@ -84,3 +84,16 @@ def test_failed_sync_stops_the_run(tiny_dir, task, rewards, tmp_path, monkeypatc
     monkeypatch.undo()
     train(cfg)  # the output_dir lock was released and a new engine starts in this process
     assert len(metrics(tmp_path / "run")) == 3
+
+
+def test_methods_that_roll_out_more(tiny_dir, task, rewards, tmp_path):
+    """T-GRPO (G/2 completions on shuffled frames), difficulty augmentation (hinted or perturbed
+    copies) and dynamic sampling all sample through the engine, each group with its own frames."""
+    cfg = tiny_train_config(tiny_dir, task, tmp_path / "run", rewards, "generation.backend=vllm", "max_steps=2",
+                            "temporal.enabled=true", "augment.enabled=true", "augment.only_zero_variance=false",
+                            "dynamic_sampling.enabled=true")
+    train(cfg)
+    last = metrics(tmp_path / "run")[-1]
+    assert last["temporal/groups"] == 2  # both prompts of the step are videos
+    assert last["augment/harder"] + last["augment/easier"] > 0
+    assert 0 < last["rollout/logp_delta_mean"] < 0.05
