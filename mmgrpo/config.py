@@ -592,9 +592,9 @@ def check_vllm(cfg: TrainConfig) -> None:
         raise ConfigError(f"generation.vllm.is_mode={v.is_mode} with loss.objective=reg_grpo: Reg-GRPO regresses whole "
                           "sequences, so its importance weight is a sequence's; use sequence_truncate or sequence_mask")
     if v.sync_every > 1 and (cfg.save_every % v.sync_every or cfg.max_steps % v.sync_every):
-        raise ConfigError(f"generation.vllm.sync_every={v.sync_every} needs save_every ({cfg.save_every}) and max_steps "
-                          f"({cfg.max_steps}) to be multiples of it: a checkpoint between syncs could not restore the "
-                          "engine's older weights, and resume would not be exact")
+        raise ConfigError(f"generation.vllm.sync_every={v.sync_every} needs save_every ({cfg.save_every}) and "
+                          f"max_steps ({cfg.max_steps}) to be multiples of it: a checkpoint between syncs could not "
+                          "restore the engine's older weights, and resume would not be exact")
 
 
 def check_reward_terms(cfg: TrainConfig) -> None:

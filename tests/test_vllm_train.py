@@ -46,9 +46,13 @@ def test_steps_report_the_mismatch(tiny_dir, task, rewards, tmp_path, lora):
     assert final.name == "checkpoint-3"
 
 
-def test_resume_is_exact(tiny_dir, task, rewards, tmp_path):
-    """4 steps in one go == 2 steps, a new process state, then resume to 4: same weights, same metrics."""
-    common = ["generation.backend=vllm", "lora.enabled=false", "save_every=2"]
+@pytest.mark.parametrize("sync_every", [1, 2])
+def test_resume_is_exact(tiny_dir, task, rewards, tmp_path, sync_every):
+    """4 steps in one go == 2 steps, then a resume to 4 (a new engine, synced from the checkpoint):
+    same weights, same metrics; with sync_every=2 steps 2 and 4 sample from the weights of steps 0
+    and 2 in both runs (checkpoints land on sync steps: config.check_vllm)."""
+    common = ["generation.backend=vllm", "lora.enabled=false", "save_every=2",
+              f"generation.vllm.sync_every={sync_every}"]
     whole = train(tiny_train_config(tiny_dir, task, tmp_path / "a", rewards, *common, "max_steps=4"))
     train(tiny_train_config(tiny_dir, task, tmp_path / "b", rewards, *common, "max_steps=2"))
     resumed = train(tiny_train_config(tiny_dir, task, tmp_path / "b", rewards, *common, "max_steps=4",
