@@ -11,6 +11,7 @@ encoded prompts; encoding is the same in both modes).
     python scripts/bench_step.py --device cuda --preset qwen2_5_vl_3b
     python scripts/bench_step.py --families all --shapes a --out-json docs/bench_step_families.json \
         --out-md docs/bench_step_families.md         # the video shape on the tiny model of every family
+    python scripts/bench_step.py --backend vllm      # rollout time, HF vs vLLM backend (scripts/bench_vllm.py)
 
 Writes docs/bench_step.json and docs/bench_step.md (with --out-json / --out-md elsewhere). With
 several families (`--families`), the tiny preset runs each family's tiny model (models.tiny) at the
@@ -382,8 +383,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
-    p.add_argument("--out-json", default="docs/bench_step.json")
-    p.add_argument("--out-md", default="docs/bench_step.md")
+    p.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                   help="vllm: rollout time of the HF and the vLLM backends side by side (scripts/bench_vllm.py)")
+    p.add_argument("--out-json", help="default docs/bench_step.json (--backend vllm: docs/bench_step_vllm.json)")
+    p.add_argument("--out-md", help="default docs/bench_step.md (--backend vllm: docs/bench_step_vllm.md)")
     p.add_argument("--notes", default="", help="a paragraph appended to the markdown (machine load, ...)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--families", default="qwen2_5_vl",
@@ -392,8 +395,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     p.add_argument("--family", default="qwen2_5_vl", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    stem = "docs/bench_step" if args.backend == "hf" else "docs/bench_step_vllm"
+    args.out_json, args.out_md = args.out_json or f"{stem}.json", args.out_md or f"{stem}.md"
     if args.child:
         print(json.dumps(run_child(args)))
+        return
+    if args.backend == "vllm":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_vllm
+
+        bench_vllm.main(sys.modules[__name__], args, sys.argv[1:] if argv is None else argv)
         return
     families = list(FAMILIES) if args.families == "all" else args.families.split(",")
     label = (lambda f, k: k) if families == ["qwen2_5_vl"] else (lambda f, k: f"{k} {f}")

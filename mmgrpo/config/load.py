@@ -260,6 +260,7 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"lora.dropout={cfg.lora.dropout:g} with optim.updates_per_rollout="
                               f"{cfg.optim.updates_per_rollout}: the old log-probs are computed without dropout, so "
                               "every ratio of the first pass would be dropout noise; set lora.dropout=0")
+        check_vllm(cfg)
         if cfg.eval.every and not cfg.data.eval:
             raise ConfigError(f"eval.every={cfg.eval.every} needs held-out data: set data.eval (or eval.every=0)")
     if hasattr(cfg, "lora") and cfg.lora.enabled and cfg.lora.experts and cfg.lora.dropout:
@@ -279,6 +280,20 @@ def validate(cfg: Any) -> None:
 # Seed streams of a step: the groups of dynamic sampling's rounds take 0 .. prompts_per_step x
 # max_rounds - 1; difficulty augmentation and T-GRPO offset them by multiples of this.
 MAX_STREAMS = 100_000
+
+
+def check_vllm(cfg: TrainConfig) -> None:
+    """The vLLM backend's settings against the run's."""
+    v = cfg.generation.vllm
+    if cfg.generation.backend != "vllm":
+        return
+    if cfg.loss.objective == "reg_grpo" and v.is_mode.startswith("token"):
+        raise ConfigError(f"generation.vllm.is_mode={v.is_mode} with loss.objective=reg_grpo: Reg-GRPO regresses whole "
+                          "sequences, so its importance weight is a sequence's; use sequence_truncate or sequence_mask")
+    if v.sync_every > 1 and (cfg.save_every % v.sync_every or cfg.max_steps % v.sync_every):
+        raise ConfigError(f"generation.vllm.sync_every={v.sync_every} needs save_every ({cfg.save_every}) and "
+                          f"max_steps ({cfg.max_steps}) to be multiples of it: a checkpoint between syncs could not "
+                          "restore the engine's older weights, and resume would not be exact")
 
 
 def check_reward_terms(cfg: TrainConfig) -> None:

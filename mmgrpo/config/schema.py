@@ -98,13 +98,33 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class VLLMConfig:
+    """generation.backend=vllm: the in-process vLLM engine (models/vllm_backend.py, docs/vllm.md)."""
+
+    # optimizer steps between weight syncs; > 1 samples from weights up to sync_every - 1 steps old
+    # (off-policy, corrected by importance sampling); checkpoints must then land on sync steps
+    sync_every: int = bounded(1, ge=1)
+    # truncated importance sampling of trainer / engine log-probs (TRL's vllm_importance_sampling_*):
+    # "none", or token / sequence ratios truncated at is_cap or masked to 0 above it. Reg-GRPO is a
+    # sequence-level objective and takes the sequence modes
+    is_mode: Literal["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "sequence_truncate"
+    is_cap: float = bounded(3.0, ge=1)  # TRL's vllm_importance_sampling_clip_max
+    gpu_memory_utilization: float = bounded(0.3, gt=0, le=1)  # GPU share of the engine (weights + KV cache)
+    cpu_kv_cache_gib: float = bounded(1.0, gt=0)  # CPU builds: VLLM_CPU_KVCACHE_SPACE (else 92% of RAM)
+    sleep: bool = True  # release the engine's GPU memory during the update (vLLM sleep level 1) where supported
+    max_images: int = bounded(4, ge=0)  # per prompt: vLLM sizes its encoder budget for this many
+    max_videos: int = bounded(1, ge=0)
+
+
+@dataclass(frozen=True)
 class GenerationConfig:
-    backend: Literal["hf"] = "hf"  # rollout backend (mmgrpo.models.backends)
+    backend: Literal["hf", "vllm"] = "hf"  # rollout backend (mmgrpo.models.backends.BACKENDS)
     num_generations: int = bounded(8, ge=2)  # G: a group needs two completions to compare
     max_new_tokens: int = bounded(256, ge=1)
     temperature: float = bounded(1.0, gt=0)  # GRPO needs sampled, not greedy, completions
     top_p: float = bounded(1.0, gt=0, le=1)
     top_k: int = bounded(0, ge=0)  # 0 = off
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 JUDGE_TEMPLATE = (

@@ -19,6 +19,7 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 60, 230), 
 OPTIONS = list(COLOURS)  # fixed order: A red, B green, C blue, D yellow
 LETTERS = "ABCD"
 QUESTION = "What colour is the moving square in the video?"
+IMAGE_QUESTION = "What colour is the square in the image?"
 SUFFIX = "\nAnswer with the option's letter in the form <answer>X</answer>."
 
 
@@ -31,6 +32,7 @@ class TaskSpec:
     square: int = 20
     fps: float = 4.0
     seed: int = 0
+    media: str = "video"  # "image": the same task on one frame of each clip (a PNG), for image prompts
 
 
 def clip(rng: np.random.Generator, spec: TaskSpec, colour: tuple[int, int, int] | None) -> np.ndarray:
@@ -64,11 +66,17 @@ def write_split(root: Path, name: str, n: int, spec: TaskSpec, rng: np.random.Ge
     rows = []
     for i in range(n):
         k = int(rng.integers(0, 4))
-        video = f"videos/{name}-{i:04d}.mp4"
-        write_mp4(root / video, clip(rng, spec, None if noise else COLOURS[OPTIONS[k]]), spec.fps)
+        frames = clip(rng, spec, None if noise else COLOURS[OPTIONS[k]])  # [T, H, W, 3]
         label = LETTERS[int(rng.integers(0, 4))] if random_labels else LETTERS[k]
-        rows.append({"id": f"{name}-{i:04d}", "question": QUESTION, "options": OPTIONS, "answer": label,
-                     "video": video, "problem_type": "multiple_choice"})
+        sample_id = f"{name}-{i:04d}" if spec.media == "video" else f"{name}-image-{i:04d}"  # both in one run
+        row = {"id": sample_id, "options": OPTIONS, "answer": label, "problem_type": "multiple_choice"}
+        if spec.media == "image":
+            row.update(question=IMAGE_QUESTION, image=f"videos/{sample_id}.png")
+            cv2.imwrite(str(root / row["image"]), cv2.cvtColor(frames[len(frames) // 2], cv2.COLOR_RGB2BGR))
+        else:
+            row.update(question=QUESTION, video=f"videos/{name}-{i:04d}.mp4")
+            write_mp4(root / row["video"], frames, spec.fps)
+        rows.append(row)
     path = root / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from mmgrpo.config import GenerationConfig
 from mmgrpo.models.generate import Rollout, Sampling, generate_groups
 from mmgrpo.models.special import SpecialIds
 from mmgrpo.processors.sample import PromptInputs
@@ -26,6 +27,9 @@ class RolloutBackend(Protocol):
 
     def sync(self, policy: torch.nn.Module) -> None:
         """The policy's weights changed (an optimizer step): make the next `generate` use them."""
+
+    def close(self) -> None:
+        """The run is over: release what the backend holds (an engine and its memory)."""
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,40 @@ class HFBackend:
     def sync(self, policy: torch.nn.Module) -> None:
         return None
 
+    def close(self) -> None:
+        return None
 
-BACKENDS: dict[str, Callable[..., RolloutBackend]] = {"hf": HFBackend}
+
+def hf_backend(spec: "BackendSpec") -> HFBackend:
+    return HFBackend(spec.tokenizer, spec.special, spec.gen.num_generations, Sampling.of(spec.gen), spec.mode)
 
 
-def make_backend(name: str, tokenizer, special: SpecialIds, num_generations: int, sampling: Sampling,
-                 mode: str) -> RolloutBackend:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown generation.backend {name!r}; known: {sorted(BACKENDS)}")
-    return BACKENDS[name](tokenizer, special, num_generations, sampling, mode)
+def vllm_backend(spec: "BackendSpec") -> RolloutBackend:
+    from mmgrpo.models.vllm_backend import VLLMBackend, start_engine  # vllm is optional (the `vllm` extra)
+
+    llm = start_engine(spec.source, spec.dtype, spec.max_model_len, spec.gen.vllm, spec.seed)
+    return VLLMBackend(llm, spec.tokenizer, spec.special, spec.gen.num_generations, Sampling.of(spec.gen),
+                       spec.gen.vllm)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What any backend may need to start."""
+
+    gen: GenerationConfig
+    tokenizer: object
+    special: SpecialIds
+    mode: str  # "shared" | "repeat": the HF sampler's layout
+    source: str  # the model folder / hub id an engine of its own loads (its weights are synced before use)
+    dtype: str  # "bf16" | "fp16" | "fp32"
+    max_model_len: int  # prompt + completion tokens
+    seed: int
+
+
+BACKENDS: dict[str, Callable[[BackendSpec], RolloutBackend]] = {"hf": hf_backend, "vllm": vllm_backend}
+
+
+def make_backend(spec: BackendSpec) -> RolloutBackend:
+    if spec.gen.backend not in BACKENDS:
+        raise ValueError(f"unknown generation.backend {spec.gen.backend!r}; known: {sorted(BACKENDS)}")
+    return BACKENDS[spec.gen.backend](spec)

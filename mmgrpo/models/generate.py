@@ -54,6 +54,9 @@ class Rollout:
     completion_mask: Tensor  # [G, C] long, 1 up to and including the EOS token, 0 after
     truncated: Tensor  # [G] bool, no EOS within max_new_tokens
     texts: tuple[str, ...]  # G decoded completions (special tokens skipped)
+    # [G, C] fp32: the sampling distribution's log-prob of each sampled token, 0 after the mask, from
+    # an engine other than the trainer's model (vLLM); None when the trainer's own model sampled
+    logprobs: Tensor | None = None
 
 
 def finalize(tokens: Tensor, special: SpecialIds, tokenizer) -> Rollout:

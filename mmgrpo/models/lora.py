@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import Iterator
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedModel
 
 from mmgrpo.config import LoraConfig, ModelConfig
@@ -101,3 +103,31 @@ def quiet_peft_wrap():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
+
+
+def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights as (Hugging Face checkpoint name, tensor), LoRA deltas merged in (W + B A
+    * scale, PEFT's own `get_delta_weight`). Lazily, one merged layer at a time (a rollout engine's
+    sync then holds one extra layer, not a second model), and aside: the model is left exactly as it
+    was (merge_adapter / unmerge_adapter would round the base weights)."""
+    from peft.tuners.lora import LoraLayer
+
+    model = extract_model_from_parallel(model)
+    if not hasattr(model, "get_base_model"):  # full fine-tuning: the weights as they are
+        yield from ((name, t.detach()) for name, t in model.state_dict().items())
+        return
+    adapted = {f"{name}.base_layer.weight": m for name, m in model.named_modules()
+               if isinstance(m, LoraLayer) and not m.disable_adapters}
+    merged = set()
+    for name, t in model.state_dict().items():
+        if ".lora_" in name:
+            continue
+        value = t.detach()
+        if name in adapted:
+            m = adapted[name]
+            for adapter in (a for a in m.active_adapters if a in m.lora_A):
+                value = value + m.get_delta_weight(adapter).detach().to(t.dtype)
+            merged.add(name)
+        yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), value
+    if merged != set(adapted):  # e.g. adapters on fused expert parameters, which hold no `base_layer.weight`
+        raise RuntimeError(f"LoRA merge: no base weight for the adapted layers {sorted(set(adapted) - merged)[:3]}")

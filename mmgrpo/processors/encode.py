@@ -23,7 +23,7 @@ from mmgrpo.config import VisionConfig
 from mmgrpo.processors.budget import Grid, resize_to, resolve_budget, shrink_to_fit, vision_tokens
 from mmgrpo.processors.cache import MediaCache, media_key
 from mmgrpo.processors.image import image_frames, load_image
-from mmgrpo.processors.sample import BadSampleError, Media, MediaError, PromptInputs, Sample, VisionInputs
+from mmgrpo.processors.sample import BadSampleError, Media, MediaError, PromptInputs, Sample, ShownMedia, VisionInputs
 from mmgrpo.processors.video import Frames, decode_video, resize_frames
 
 
@@ -155,6 +155,7 @@ class PromptEncoder:
             vision=vision,
             num_frames=[int(f.shape[0]) for f in videos],
             resolutions=[(int(f.shape[2]), int(f.shape[3])) for f in frames],
+            media=tuple(ShownMedia(m.kind, m.frames, m.metadata() if m.kind == "video" else None) for m in media),
         )
 
     def encode(self, sample: Sample) -> PromptInputs:

@@ -102,6 +102,17 @@ class VisionInputs:
         return VisionInputs(*(mv(t) for t in self.__dict__.values()))
 
 
+@dataclass(frozen=True)
+class ShownMedia:
+    """A media item exactly as the processor received it (final size, frame sampling done): what
+    another engine that runs its own processor (the vLLM rollout backend) must be given so that its
+    placeholder counts and pixels equal the trainer's."""
+
+    kind: Literal["image", "video"]
+    frames: torch.Tensor  # [T, 3, H, W] uint8 (T = 1 for an image), on the CPU
+    metadata: Any = None  # video: the transformers VideoMetadata the processor derived frame times from
+
+
 @dataclass
 class PromptInputs:
     """One processed prompt (chat template applied, vision placeholders expanded)."""
@@ -112,6 +123,7 @@ class PromptInputs:
     vision: VisionInputs
     num_frames: list[int] = field(default_factory=list)  # decoded frames per video
     resolutions: list[tuple[int, int]] = field(default_factory=list)  # (H, W) per media item after resize
+    media: tuple[ShownMedia, ...] = ()  # the processor's input media, in prompt order (rollout engines)
 
     @property
     def length(self) -> int:

@@ -66,6 +66,9 @@ def check_supported(acc: Accelerator, cfg: TrainConfig) -> None:
     if cfg.prompts_per_step < acc.num_processes:
         raise ValueError(f"prompts_per_step={cfg.prompts_per_step} is the global batch and must be at least the number "
                          f"of processes ({acc.num_processes}): each process trains on whole groups")
+    if acc.num_processes > 1 and cfg.generation.backend == "vllm":
+        raise ValueError("generation.backend=vllm with several processes is not supported yet (each process would "
+                         "need its own engine placement); use one process, or generation.backend=hf")
     if acc.num_processes > 1 and cfg.augment.enabled:
         raise ValueError("augment.enabled with several processes is not supported yet: the difficulty "
                          "scheduler's replay window is per process; train DA on one process")

@@ -61,8 +61,9 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Path:
     bar = tqdm(total=cfg.max_steps, initial=run.state.step, disable=not (cfg.progress_bar and acc.is_main_process))
     try:
         last = run_steps(run, bar)
-    finally:  # a failed run still closes its logs and releases the output_dir lock
+    finally:  # a failed run still closes its logs and its rollout engine and releases the output_dir lock
         bar.close()
+        run.backend.close()
         run.logger.close()
     return last or ckpt.checkpoint_dir(cfg.output_dir, run.state.step)
 

@@ -35,6 +35,9 @@ class LossInputs:
     advantages: Tensor  # [B, G] group advantages (no grad)
     mask: Tensor  # [B, G, T] 1 on completion tokens
     zero_std: Tensor  # [B] bool, groups with identical rewards
+    # [B, G, T] truncated importance weights pi_old / pi_engine (trainer/importance.py, no grad) when a
+    # rollout engine sampled; None = the trainer's own weights sampled (HF backend) or correction off
+    is_weight: Tensor | None = None
 
 
 @dataclass
@@ -160,6 +163,12 @@ def _k3_kl(x: LossInputs) -> Tensor:
     return torch.exp(d) - d - 1  # [B, G, T]
 
 
+def _importance(per_token: Tensor, x: LossInputs) -> Tensor:
+    """Per-token loss times the rollout engine's truncated importance weight (TRL multiplies its
+    per-token loss, KL included, the same way); unchanged without one."""
+    return per_token if x.is_weight is None else per_token * x.is_weight.detach().to(per_token.dtype)  # [B, G, T]
+
+
 def _masked_mean(v: Tensor, mask: Tensor) -> Tensor:
     m = mask.to(v.dtype)  # [B, G, T]
     return ((v * m).sum() / m.sum().clamp(min=1)).detach()  # []
@@ -217,7 +226,7 @@ def clipped_token_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> Loss
     ratio = torch.exp(logp - old)  # [B, G, T]; == 1 on-policy but carries the gradient
     adv = x.advantages.detach()[..., None].to(logp.dtype)  # [B, G, 1]
     kl_tok, kl_mean = _kl_term(x, cfg, ratio)  # [B, G, T], []
-    per_token = _clipped_surrogate(ratio, adv, cfg) + kl_tok  # [B, G, T]
+    per_token = _importance(_clipped_surrogate(ratio, adv, cfg) + kl_tok, x)  # [B, G, T]
     loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
     metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(),  # [] each
                **_clip_metrics(ratio, adv, x.mask, cfg)}
@@ -237,7 +246,7 @@ def gspo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutput:
     ratio = torch.exp(seq_log_ratio)[..., None]  # [B, G, 1]
     adv = x.advantages.detach()[..., None].to(ratio.dtype)  # [B, G, 1]
     kl_tok, kl_mean = _kl_term(x, cfg, ratio)  # [B, G, T], []
-    per_token = _clipped_surrogate(ratio, adv, cfg).expand_as(log_ratio) + kl_tok  # [B, G, T]
+    per_token = _importance(_clipped_surrogate(ratio, adv, cfg).expand_as(log_ratio) + kl_tok, x)  # [B, G, T]
     loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
     metrics = {"kl": kl_mean, "zero_std_groups": x.zero_std.sum().detach().float(),  # [] each
                **_clip_metrics(ratio, adv, x.mask, cfg)}
@@ -279,6 +288,8 @@ def reg_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     scale = torch.sqrt(var + cfg.reg_eps)  # [B, 1]
     z = centred / scale  # [B, G]
     sq = (x.advantages.detach().to(z.dtype) - z) ** 2  # [B, G]
+    if x.is_weight is not None:  # a sequence mode (config.check_vllm): one weight per completion, on every token
+        sq = sq * x.is_weight.detach()[..., 0].to(sq.dtype)  # [B, G]
     weight = scale.detach()[:, 0] / 2 if cfg.reg_scale == "std" else torch.ones_like(scale[:, 0])  # [B]
     keep = ~x.zero_std.bool()  # [B]
     per_group = torch.where(keep, sq.mean(1), torch.zeros_like(sq[:, 0]))  # [B]
@@ -319,7 +330,7 @@ def tic_grpo_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> LossOutpu
     chosen = torch.where(adv >= 0, clipped, log_w)  # [B, G] log of the ratio the objective uses
     surrogate = -torch.exp(chosen) * adv  # [B, G]
     kl_tok, kl_mean = _kl_term(x, cfg, torch.exp(log_ratio))  # [B, G, T], []; token ratios weight a token's KL
-    per_token = surrogate[..., None].expand_as(log_ratio) + kl_tok  # [B, G, T]
+    per_token = _importance(surrogate[..., None].expand_as(log_ratio) + kl_tok, x)  # [B, G, T]
     loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []
     high = ((log_w > upper) & (adv > 0))[..., None]  # [B, G, 1]
     m = x.mask.bool()  # [B, G, T]

@@ -90,8 +90,8 @@ def rollout_prompts(run: Run, prompts: list[PromptInputs], streams: list[int], a
         return ()
     seeds = [ckpt.step_seed(run.cfg.seed, run.state.step, s) for s in streams]
     rollouts = run.backend.generate(run.policy, prompts, seeds, n)
-    return tuple(RolloutGroup(p, r.completion_ids, r.completion_mask, r.truncated, r.texts, s, augmentation, a)
-                 for p, r, s, a in zip(prompts, rollouts, streams, strengths))
+    return tuple(RolloutGroup(p, r.completion_ids, r.completion_mask, r.truncated, r.texts, s, augmentation, a,
+                              r.logprobs) for p, r, s, a in zip(prompts, rollouts, streams, strengths))
 
 
 def rollout(run: Run, prompts: list[tuple[int, Sample]]) -> tuple[RolloutGroup, ...]:

@@ -31,6 +31,9 @@ class RolloutGroup:
     stream: int  # seed stream: the group's index in the step's global batch (+ an offset for DA copies)
     augmentation: str  # "none" | "harder" | "easier": where this group came from (DeepVideo-R1 §3.3)
     aug_strength: float  # strength of that augmentation, 0 for originals
+    # [G, C] the rollout engine's log-probs of the sampled tokens (vLLM); None = sampled by the
+    # trainer's own model (HF backend), nothing to compare
+    engine_logp: Tensor | None = None
 
     @property
     def size(self) -> int:

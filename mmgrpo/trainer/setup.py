@@ -15,8 +15,7 @@ from accelerate import Accelerator
 from transformers import ProcessorMixin
 
 from mmgrpo.config import LoraConfig, ModelConfig, OptimConfig, TrainConfig, to_dict
-from mmgrpo.models.backends import RolloutBackend, make_backend
-from mmgrpo.models.generate import Sampling
+from mmgrpo.models.backends import BackendSpec, RolloutBackend, make_backend
 from mmgrpo.models.families import family_of
 from mmgrpo.models.loading import load_model, load_processor
 from mmgrpo.models.logprobs import shared_layout
@@ -269,8 +268,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     special = special_ids(model, processor.tokenizer)
     if accelerator.is_main_process:
         announce(cfg, accelerator, model, (resume, init), (samples, eval_samples, counters["skipped_samples"]))
-    backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
-                           Sampling.of(cfg.generation), cfg.forward_mode)
+    backend = make_backend(BackendSpec(cfg.generation, processor.tokenizer, special, cfg.forward_mode,
+                                       cfg.model.name_or_path, cfg.model.dtype,
+                                       cfg.vision.max_prompt_length + cfg.generation.max_new_tokens, cfg.seed))
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
                samples, eval_samples, state, logger, augment, special, backend)
 

@@ -25,6 +25,7 @@ from mmgrpo.models.logprobs import batch_logprobs
 from mmgrpo.models.moe import routing
 from mmgrpo.models.reference import Reference
 from mmgrpo.trainer import distributed as dist
+from mmgrpo.trainer import importance
 from mmgrpo.trainer.losses import LossInputs, Normalizer, compute_loss
 from mmgrpo.trainer.records import RolloutGroup, ScoredStep, pad_stack
 
@@ -49,11 +50,14 @@ class UpdateSettings:
     max_new_tokens: int  # Dr. GRPO's constant normaliser
     pad_id: int
     router_aux_loss_coef: float = 0.0  # MoE load-balancing loss weight (models.moe); 0 = none
+    is_mode: str = "none"  # importance sampling of engine-sampled groups (trainer/importance.py)
+    is_cap: float = 3.0
 
     @classmethod
     def of(cls, cfg: TrainConfig, pad_id: int) -> "UpdateSettings":
+        v = cfg.generation.vllm
         return cls(cfg.loss, cfg.optim, cfg.forward_mode, cfg.generation.temperature, cfg.generation.max_new_tokens,
-                   pad_id, cfg.model.router_aux_loss_coef)
+                   pad_id, cfg.model.router_aux_loss_coef, v.is_mode, v.is_cap)
 
 
 @dataclass(frozen=True)
@@ -144,23 +148,40 @@ def micro_loss(parts: PolicyParts, step: ScoredStep, chunk: list[Item], fixed: d
     logp = logp[: len(real)]
     T = max(lp.shape[1] for lp in logp)
     groups = [step.groups[i] for i in real]
+    old = pad_stack([fixed[i].old if fixed[i].old is not None else lp.detach() for i, lp in zip(real, logp)],
+                    T, 0.0)  # [B, G, T]
+    mask = pad_stack([g.completion_mask.float() for g in groups], T, 0.0)  # [B, G, T]
+    is_weight, engine_metrics = engine_correction(groups, old, mask, s)
     x = LossInputs(
         logp=pad_stack(logp, T, 0.0),  # [B, G, T]
-        old_logp=pad_stack([fixed[i].old if fixed[i].old is not None else lp.detach() for i, lp in zip(real, logp)],
-                           T, 0.0),  # [B, G, T]
+        old_logp=old,  # [B, G, T]
         ref_logp=pad_stack([fixed[i].ref for i in real], T, 0.0) if parts.reference is not None else None,  # [B, G, T]
         advantages=step.advantages[real].to(parts.accelerator.device),  # [B, G]
-        mask=pad_stack([g.completion_mask.float() for g in groups], T, 0.0),  # [B, G, T]
+        mask=mask,  # [B, G, T]
         zero_std=step.zero_std[real].to(parts.accelerator.device),  # [B]
+        is_weight=is_weight,  # [B, G, T] or None
     )
     out = compute_loss(x, s.loss, norm)
-    metrics = {k: float(v) for k, v in out.metrics.items()}
+    metrics = {k: float(v) for k, v in {**out.metrics, **engine_metrics}.items()}
     loss = out.loss + fillers
     if routed is not None:  # weighted by the chunk's share of the step's sequences: the step adds coef * mean
         aux = routed.loss()  # []
         metrics["moe/aux_loss"] = float(aux.detach())
         loss = loss + s.router_aux_loss_coef * aux * (sum(g.size for g in groups) / norm.sequences)
     return loss, metrics, len(real)
+
+
+def engine_correction(groups: list[RolloutGroup], old: Tensor, mask: Tensor,
+                      s: UpdateSettings) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """(truncated importance weights [B, G, T] or None, mismatch metrics) of groups a rollout engine
+    sampled (vLLM: every group or none); old [B, G, T] are the trainer's log-probs of the weights the
+    engine was given."""
+    if any(g.engine_logp is None for g in groups):
+        return None, {}
+    engine = pad_stack([g.engine_logp.to(old.device) for g in groups], old.shape[-1], 0.0)  # [B, G, T]
+    delta = importance.logp_delta(old, engine, mask)  # [B, G, T]
+    weights = importance.importance_weights(delta, mask, s.is_mode, s.is_cap) if s.is_mode != "none" else None
+    return weights, importance.mismatch_metrics(delta, mask, s.is_mode, s.is_cap)
 
 
 def zero_loss(model: torch.nn.Module) -> Tensor:
@@ -218,7 +239,8 @@ def reduce_stats(parts: PolicyParts, metrics: list, losses: list[float], grad_no
                  active: int) -> dict[str, float]:
     """Step statistics over all processes and passes. The loss is the sum of the processes' shares;
     loss metrics are means weighted by each micro-batch's groups, except counts (`*_groups`),
-    which are summed over the step. The gradient norm is already global (taken after the sync)."""
+    which are summed over the step, and maxima (`*_max`), the step's largest. The gradient norm is
+    already global (taken after the sync)."""
     parts_ = dist.gather_list(parts.accelerator, [(losses, metrics, active)])
     passes = len(losses)
     out: dict[str, float] = {}
@@ -226,6 +248,8 @@ def reduce_stats(parts: PolicyParts, metrics: list, losses: list[float], grad_no
         pairs = [(m[k], n) for _, ms, _ in parts_ for m, n in ms if k in m]
         if k.endswith("_groups"):
             out[k] = sum(v for v, _ in pairs) / passes
+        elif k.endswith("_max"):  # e.g. rollout/logp_delta_max: the largest of the step
+            out[k] = max(v for v, _ in pairs)
         else:
             out[k] = sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
     out["loss"] = sum(sum(ls) for ls, _, _ in parts_) / passes
