@@ -222,8 +222,9 @@ class VLLMBackend:
         if len(out.outputs) != G:
             raise RolloutEngineError(f"vLLM returned {len(out.outputs)} completions for a group of {G}")
         C = max(len(c.token_ids) for c in out.outputs)
-        tokens = torch.full((G, C), self.special.pad, dtype=torch.long)  # [G, C]
-        logp = torch.zeros((G, C), dtype=torch.float32)  # [G, C]
+        device = prompt.input_ids.device  # where the trainer keeps the step's tensors (the HF backend's too)
+        tokens = torch.full((G, C), self.special.pad, dtype=torch.long, device=device)  # [G, C]
+        logp = torch.zeros((G, C), dtype=torch.float32, device=device)  # [G, C]
         for g, c in enumerate(out.outputs):
             tokens[g, : len(c.token_ids)] = torch.tensor(c.token_ids, dtype=torch.long)
             logp[g, : len(c.token_ids)] = torch.tensor(
