@@ -35,6 +35,9 @@ SPECIAL_TOKENS = [
 ]
 # Reasoning/answer tags are single (non-special) tokens so that decoded completions keep them.
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+# Qwen's tool-call tags, single tokens as in the released tokenizers (TinySpec.tool_tokens): the
+# rollout stops a model turn at `</tool_call>`.
+TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 
 # Qwen2-VL's public chat template (vision placeholders per content item).
 CHAT_TEMPLATE = (
@@ -110,6 +113,7 @@ class TinySpec:
     seed: int = 0
     experts: int = 4  # MoE families
     active_experts: int = 2
+    tool_tokens: bool = False  # TOOL_TOKENS in the vocabulary (off: the tiny models of earlier tests stay as they were)
 
     @property
     def head_dim(self) -> int:
@@ -137,7 +141,7 @@ def build_tokenizer(spec: TinySpec, family: str = DEFAULT_FAMILY):
     cls = getattr(transformers, TOKENIZERS[family])
     tok = cls(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
               additional_special_tokens=SPECIAL_TOKENS)
-    tok.add_tokens(TAG_TOKENS)
+    tok.add_tokens(TAG_TOKENS + (TOOL_TOKENS if spec.tool_tokens else []))
     tok.chat_template = CHAT_TEMPLATES[family]
     return tok
 
