@@ -563,6 +563,10 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"lora.dropout={cfg.lora.dropout:g} with optim.updates_per_rollout="
                               f"{cfg.optim.updates_per_rollout}: the old log-probs are computed without dropout, so "
                               "every ratio of the first pass would be dropout noise; set lora.dropout=0")
+        if cfg.tools.enabled and cfg.tools.min_pixels > cfg.tools.max_pixels:
+            raise ConfigError(f"tools.min_pixels={cfg.tools.min_pixels} is above tools.max_pixels={cfg.tools.max_pixels}")
+        if cfg.tools.enabled and not (cfg.tools.names or cfg.tools.mcp_servers):
+            raise ConfigError("tools.enabled needs tools: set tools.names or tools.mcp_servers")
         if cfg.eval.every and not cfg.data.eval:
             raise ConfigError(f"eval.every={cfg.eval.every} needs held-out data: set data.eval (or eval.every=0)")
     if hasattr(cfg, "lora") and cfg.lora.enabled and cfg.lora.experts and cfg.lora.dropout:

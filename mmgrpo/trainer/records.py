@@ -18,19 +18,30 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mmgrpo.models.layout import CompletionMedia
+from mmgrpo.models.multiturn import Trajectory
 from mmgrpo.processors.sample import PromptInputs
+
+
+@dataclass(frozen=True)
+class ToolRollout:
+    """The multi-turn side of a group (tools.enabled): what its G completions hold beyond text tokens."""
+
+    media: CompletionMedia  # tool images inside the completions, for every log-prob forward
+    trajectories: tuple[Trajectory, ...]  # [G] turns, tool answers, how each ended
 
 
 @dataclass(frozen=True)
 class RolloutGroup:
     prompt: PromptInputs  # the prompt, batch dim 1, with its vision inputs
     completion_ids: Tensor  # [G, C] long, right-padded
-    completion_mask: Tensor  # [G, C] 1 on completion tokens up to and including EOS
+    completion_mask: Tensor  # [G, C] 1 on completion tokens up to and including EOS; with tools, on model tokens only
     truncated: Tensor  # [G] bool, no EOS within max_new_tokens
     texts: tuple[str, ...]  # G decoded completions
     stream: int  # seed stream: the group's index in the step's global batch (+ an offset for DA copies)
     augmentation: str  # "none" | "harder" | "easier": where this group came from (DeepVideo-R1 §3.3)
     aug_strength: float  # strength of that augmentation, 0 for originals
+    tools: ToolRollout | None  # multi-turn rollouts with tools (trainer/tool_rollout.py); None = single turn
 
     @property
     def size(self) -> int:

@@ -52,6 +52,7 @@ class Run:
     augment: Any | None  # mmgrpo.augment.DifficultyScheduler when cfg.augment.enabled
     special: SpecialIds
     backend: RolloutBackend
+    tool_env: Any | None  # mmgrpo.tools.env.ToolEnv when tools.enabled (multi-turn rollouts)
     prompt_cache: OrderedDict = field(default_factory=OrderedDict)  # sample id -> PromptInputs (LRU)
 
     @property
@@ -222,6 +223,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     from mmgrpo.processors.encode import PromptEncoder
     from mmgrpo.trainer.reward_terms import reward_functions, reward_terms
     from mmgrpo.trainer.rewards import RewardRunner
+    from mmgrpo.trainer.tool_rollout import build_tool_env
 
     accelerator = accelerator or dist.make_accelerator("fp16" if cfg.model.dtype == "fp16" else "no")
     dist.check_supported(accelerator, cfg)
@@ -265,8 +267,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
         print(f"[mmgrpo] {family_of(model).title}: forward_mode={cfg.forward_mode}, log-prob forward by {layout}")
     backend = make_backend(cfg.generation.backend, processor.tokenizer, special, cfg.generation.num_generations,
                            Sampling.of(cfg.generation), cfg.forward_mode)
+    tool_env = build_tool_env(cfg, processor) if cfg.tools.enabled else None
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
-               samples, eval_samples, state, logger, augment, special, backend)
+               samples, eval_samples, state, logger, augment, special, backend, tool_env)
 
 
 def save(run: Run) -> Path:

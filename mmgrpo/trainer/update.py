@@ -92,7 +92,8 @@ def logprobs_of(model: torch.nn.Module, groups: list[RolloutGroup], s: UpdateSet
     if not groups:
         return []
     return batch_logprobs(model, [g.prompt for g in groups], [g.completion_ids for g in groups],
-                          [g.completion_mask for g in groups], s.forward_mode, s.temperature, s.pad_id)  # B x [G, C_b]
+                          [g.completion_mask for g in groups], s.forward_mode, s.temperature, s.pad_id,
+                          media=[g.tools.media if g.tools is not None else None for g in groups])  # B x [G, C_b]
 
 
 @torch.no_grad()
@@ -223,7 +224,9 @@ def policy_update(parts: PolicyParts, step: ScoredStep, s: UpdateSettings,
     and adds the wall times of its phases to `timings` (reference, old_policy, update_fwd_bwd,
     update_optimizer; on a GPU they are only exact after a synchronisation, which the benchmark does)."""
     norm = global_normalizer(parts.accelerator, step, s.max_new_tokens)
-    active = [i for i in range(len(step.groups)) if contributes(step.advantages[i], s.loss.beta)]
+    # a group whose mask is all 0 (every trajectory over-turn-masked, tools.mask_over_turn) has no loss either
+    active = [i for i in range(len(step.groups))
+              if contributes(step.advantages[i], s.loss.beta) and bool(step.groups[i].completion_mask.any())]
     if dist.global_max(parts.accelerator, len(active)) == 0:
         # nothing to learn anywhere (every group flat, no KL): an AdamW step on zero gradients would
         # still move the weights through its momentum, so skip the update and the LR schedule
