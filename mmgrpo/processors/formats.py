@@ -47,6 +47,7 @@ from mmgrpo.processors.fields import media_options, normalize_options, problem_t
 from mmgrpo.processors.image import IMAGE_EXTENSIONS, check_file
 from mmgrpo.processors.reading import UnreadableRow, read_json, read_jsonl, unencodable
 from mmgrpo.processors.sample import BadSampleError, Media, MediaError, MediaOptions, Sample
+from mmgrpo.processors.toolformat import tool_messages
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,8 @@ def _messages(row: _Row, column: str) -> list[dict]:
     messages = row.data[column]
     if isinstance(messages, str) and column == "prompt":
         return [{"role": "user", "content": messages}]
+    if isinstance(messages, list):  # multi-turn tool conversations (TRL tool_calls, ms-swift tool_call turns)
+        messages = tool_messages(messages)
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
         raise row.bad(f"column {column!r} must be a list of {{'role', 'content'}} messages")
     return messages
