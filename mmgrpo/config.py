@@ -282,6 +282,9 @@ class ToolsConfig:
     frames_fps: float = bounded(4.0, gt=0)  # the `frames` tool's rate
     frames_max: int = bounded(8, ge=2)  # frames one `frames` call returns at most
     mask_over_turn: bool = False  # Mini-o3 §3.3: trajectories that hit a cap get loss mask 0
+    credit: Literal["trajectory", "gigpo"] = "trajectory"  # gigpo: + step advantages (arXiv 2505.10978)
+    gigpo_gamma: float = bounded(0.95, ge=0, le=1)  # discount of the step returns (GiGPO §4)
+    gigpo_omega: float = bounded(1.0, ge=0)  # weight of the step advantage (GiGPO eq. 8)
 
 
 @dataclass(frozen=True)
@@ -565,6 +568,11 @@ def validate(cfg: Any) -> None:
                               "every ratio of the first pass would be dropout noise; set lora.dropout=0")
         if cfg.tools.enabled and cfg.tools.min_pixels > cfg.tools.max_pixels:
             raise ConfigError(f"tools.min_pixels={cfg.tools.min_pixels} is above tools.max_pixels={cfg.tools.max_pixels}")
+        if cfg.tools.credit == "gigpo" and (cfg.loss.objective != "clipped_token" or cfg.advantage.scale == "batch"
+                                            or cfg.advantage.combine != "sum_then_normalize" or not cfg.tools.enabled):
+            raise ConfigError("tools.credit=gigpo gives each turn its own advantage: it needs tools.enabled, the "
+                              "token-level objective (loss.objective=clipped_token) and group advantages "
+                              "(advantage.scale group or none, advantage.combine=sum_then_normalize)")
         if cfg.tools.enabled and not (cfg.tools.names or cfg.tools.mcp_servers):
             raise ConfigError("tools.enabled needs tools: set tools.names or tools.mcp_servers")
         if cfg.eval.every and not cfg.data.eval:

@@ -8,6 +8,8 @@ held-out eval -> GRPO -> held-out eval. Greedy evaluation, multi-turn with tools
 
     python scripts/bench_tools.py                    # 3 seeds x 2 conditions, CPU
     python scripts/bench_tools.py --seeds 0 --rl-steps 10 --out-dir /tmp/tools-bench   # a quick look
+    python scripts/bench_tools.py --seeds 1 --docs /tmp/s1 & ...                       # seeds in parallel,
+    python scripts/bench_tools.py --merge /tmp/s0/bench_tools.json /tmp/s1/bench_tools.json ...  # then one report
 
 Writes docs/bench_tools.json, docs/bench_tools.md and docs/bench_tools.png (with --docs elsewhere).
 """
@@ -72,7 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-heldout", type=int, default=64)
     ap.add_argument("--out-dir", type=Path, default=Path("runs/bench_tools"))
     ap.add_argument("--docs", type=Path, default=Path("docs"))
+    ap.add_argument("--merge", type=Path, nargs="+", help="only write the report from these runs' bench_tools.json")
     args = ap.parse_args(argv)
+    if args.merge:
+        runs = [json.loads(p.read_text()) for p in args.merge]
+        settings = {**runs[0]["settings"], "seconds": sum(r["settings"]["seconds"] for r in runs)}
+        return report(settings, sorted((x for r in runs for x in r["results"]), key=lambda x: (not x["tools"], x["seed"])),
+                      args.docs)
     torch.set_num_threads(1)  # the tiny model gains nothing from threads on a shared machine
     spec = ToolTaskSpec(n_train=args.n_train, n_heldout=args.n_heldout, size=448, dot=4, noise=30.0, seed=0)
     results, t0 = [], time.perf_counter()
@@ -80,14 +88,18 @@ def main(argv: list[str] | None = None) -> None:
         for tools in (True, False):
             results.append(run_condition(args.out_dir, seed, tools, spec, args.sft_steps, args.rl_steps))
             print(json.dumps(results[-1]), flush=True)
-    args.docs.mkdir(parents=True, exist_ok=True)
     settings = {"spec": spec.__dict__, "sft_steps": args.sft_steps, "rl_steps": args.rl_steps,
                 "seconds": round(time.perf_counter() - t0, 1)}
-    (args.docs / "bench_tools.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
-    (args.docs / "bench_tools.md").write_text(
+    report(settings, results, args.docs)
+
+
+def report(settings: dict, results: list[dict], docs: Path) -> None:
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "bench_tools.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
+    (docs / "bench_tools.md").write_text(
         "# Tools benchmark (scripts/bench_tools.py)\n\n"
         f"Settings: {json.dumps(settings)}\n\n{table(results)}\n\n![accuracy](bench_tools.png)\n")
-    plot(results, args.docs / "bench_tools.png")
+    plot(results, docs / "bench_tools.png")
     print(table(results))
 
 

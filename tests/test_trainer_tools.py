@@ -57,6 +57,18 @@ def test_two_steps_with_tool_calls(caller, tmp_path):
     assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
 
 
+@pytest.mark.parametrize("objective,lora", [("reg_grpo", True), ("gspo", False), ("tic_grpo", True)])
+def test_one_step_with_tools_under_each_objective(caller, tmp_path, objective, lora):
+    model_dir, train_file = caller
+    cfg = run_config(model_dir, train_file, tmp_path / "run", True, 1, 0)
+    cfg = dataclasses.replace(cfg, prompts_per_step=2, generation=dataclasses.replace(cfg.generation, num_generations=4),
+                              loss=dataclasses.replace(cfg.loss, objective=objective),
+                              lora=dataclasses.replace(cfg.lora, enabled=lora, r=4, alpha=8, dropout=0.0))
+    train(cfg)
+    (row,) = metrics(tmp_path / "run")
+    assert row["tools/call_rate"] >= 0.5 and row["grad_norm"] > 0 and row["loss"] == row["loss"], row
+
+
 def test_over_turn_masking_takes_capped_trajectories_out_of_the_loss(caller, tmp_path):
     model_dir, train_file = caller
     cfg = run_config(model_dir, train_file, tmp_path / "run", True, 1, 0)
@@ -77,3 +89,44 @@ def test_tool_rewards_read_the_whole_trajectory():
     no_answer = [good[0], good[1], {"role": "assistant", "content": "A"}]
     assert tool_format([good, bad_call, no_answer, "<answer>B</answer>", "B"]) == [1.0, 0.5, 0.5, 1.0, 0.0]
     assert tool_cost([good, good[2:], [good[0], good[1]] * 2 + good[2:]]) == [-1.0, -0.0, -2.0]
+
+
+def test_gigpo_advantages_of_a_groups_trajectories():
+    """The hand example of tests/test_gigpo.py, from real trajectory records: trajectories 0 and 1
+    made the same call and got the same answer (one anchor state at turn 1), 2 answered at once."""
+    import math
+    from types import SimpleNamespace
+
+    from mmgrpo.config import AdvantageConfig, ToolsConfig
+    from mmgrpo.models.multiturn import append_turn, group_tensors, start_trajectory
+    from mmgrpo.processors.toolturn import ToolTurn
+    from mmgrpo.trainer.tool_rollout import gigpo_token_advantages
+
+    ids = lambda *v: torch.tensor(v)  # noqa: E731
+    answer = ToolTurn(ids(9, 9), torch.zeros(2, dtype=torch.int), None, None, "ok", False)
+
+    def two_turns(last):
+        t = append_turn(start_trajectory("cpu"), ids(1, 2, 3), True, None, "call")
+        return append_turn(append_turn(t, answer.input_ids, False, answer, None), last, True, None, "end")
+
+    trajs = [two_turns(ids(4, 5)), two_turns(ids(6)), append_turn(start_trajectory("cpu"), ids(7), True, None, "a")]
+    completion_ids, mask, _ = group_tensors(trajs, 0, mask_capped=False)
+    group = SimpleNamespace(tools=SimpleNamespace(trajectories=tuple(trajs)), completion_ids=completion_ids,
+                            completion_mask=mask)
+    adv = gigpo_token_advantages(group, torch.tensor([1.0, 0.0, 1.0]), ToolsConfig(gigpo_gamma=0.5, gigpo_omega=1.0),
+                                 AdvantageConfig(scale="group", eps=1e-12))
+    s, h = math.sqrt(1 / 3), 0.5 / math.sqrt(0.5)
+    e = [(1 / 3) / s, (-2 / 3) / s, (1 / 3) / s]  # episode advantages; turn 0 step ones [0, -1, 1]
+    expected = [[e[0]] * 3 + [0, 0] + [e[0] + h] * 2, [e[1] - 1] * 3 + [0, 0] + [e[1] - h, 0], [e[2] + 1] + [0] * 6]
+    torch.testing.assert_close(adv, torch.tensor(expected), atol=1e-5, rtol=0)
+
+
+def test_one_step_with_gigpo_credit(caller, tmp_path):
+    model_dir, train_file = caller
+    cfg = run_config(model_dir, train_file, tmp_path / "run", True, 1, 0)
+    cfg = dataclasses.replace(cfg, prompts_per_step=2, generation=dataclasses.replace(cfg.generation, num_generations=4),
+                              loss=dataclasses.replace(cfg.loss, objective="clipped_token"),
+                              tools=dataclasses.replace(cfg.tools, credit="gigpo"))
+    train(cfg)
+    (row,) = metrics(tmp_path / "run")
+    assert row["tools/call_rate"] >= 0.5 and row["grad_norm"] > 0 and row["loss"] == row["loss"], row

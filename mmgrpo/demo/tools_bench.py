@@ -43,7 +43,8 @@ def run_config(model_dir: Path, train: Path, out: Path, tools: bool, steps: int,
         f"data.train=[{train}]", f"data.system_prompt={SYSTEM!r}" if tools else "data.system_prompt=null",
         "vision.min_pixels=784", "vision.max_pixels=3136", "vision.max_prompt_length=512",
         "generation.num_generations=8", "reward.weights=[1.0,0.2]", "loss.preset=grpo", "loss.beta=0.0",
-        "optim.lr=1e-4", "prompts_per_step=8", f"max_steps={steps}", "save_every=0", f"seed={seed}",
+        "loss.aggregation=seq_sum",  # identical calls across a group cancel exactly; the answer token keeps its weight
+        "optim.lr=3e-4", "prompts_per_step=8", f"max_steps={steps}", "save_every=0", f"seed={seed}",
         f"output_dir={out}", "progress_bar=false", "report_to=[jsonl]", "sample_every=0",
         *(tool_settings if tools else plain),
     ])
@@ -95,33 +96,24 @@ def sft(model, pairs: list[tuple], steps: int, lr: float, batch: int, pad: int, 
 
 
 def evaluate(model, processor, cfg: TrainConfig, samples, tools: bool) -> dict[str, float]:
-    """Greedy held-out accuracy and tool-call rate (multi-turn rollouts when `tools`)."""
+    """Greedy held-out accuracy and tool-call rate: multi-turn rollouts with tools, one turn without
+    (a single turn never reaches a tool call's answer: `respond` is not called)."""
     model.eval()
     encoder, tok = PromptEncoder(processor, cfg.vision), processor.tokenizer
-    env = build_tool_env(cfg, processor) if tools else None
-    prompts = [encoder.encode(s) for s in samples]
+    env = build_tool_env(cfg, processor)
     special = special_ids(model, tok)
-    turns = cfg.tools.max_turns if tools else 1
-    caps = TurnCaps((turns,) * len(prompts), cfg.tools.max_total_tokens if tools else cfg.generation.max_new_tokens,
-                    tok.convert_tokens_to_ids("</tool_call>") if tools else special.eos[0])
-    respond = env.respond_for(samples) if env is not None else None
+    turns, budget = (cfg.tools.max_turns, cfg.tools.max_total_tokens) if tools else (1, cfg.generation.max_new_tokens)
+    greedy = Sampling(cfg.generation.max_new_tokens, 0.0, 1.0, 0)
     trajs: list[Trajectory] = []
-    for start in range(0, len(prompts), 16):
-        part = generate_trajectories(model, tok, special, prompts[start : start + 16], 1,
-                                     Sampling(cfg.generation.max_new_tokens, 0.0, 1.0, 0), [0] * len(prompts[start : start + 16]),
-                                     TurnCaps(caps.max_turns[start : start + 16], caps.max_total_tokens, caps.stop_id),
-                                     respond_offset(respond, start))
-        trajs += [g[0] for g in part]
+    for start in range(0, len(samples), 16):
+        part = samples[start : start + 16]
+        caps = TurnCaps((turns,) * len(part), budget, tok.convert_tokens_to_ids("</tool_call>"))
+        rolled = generate_trajectories(model, tok, special, [encoder.encode(s) for s in part], 1, greedy,
+                                       [0] * len(part), caps, env.respond_for(part))
+        trajs += [group[0] for group in rolled]
     scores = accuracy([conversation(t) for t in trajs], answer=[s.answer for s in samples],
                       problem_type=[s.problem_type for s in samples], options=[s.options for s in samples])
     return {"accuracy": sum(scores) / len(scores), "call_rate": sum(bool(t.answers) for t in trajs) / len(trajs)}
-
-
-def respond_offset(respond, offset: int):
-    """`respond` for a chunk of the prompts starting at `offset` (None: no tools)."""
-    if respond is None:
-        return lambda b, g, text: (_ for _ in ()).throw(RuntimeError("no tools in this condition"))
-    return lambda b, g, text: respond(b + offset, g, text)
 
 
 def run_condition(root: Path, seed: int, tools: bool, spec: ToolTaskSpec, sft_steps: int, rl_steps: int) -> dict:

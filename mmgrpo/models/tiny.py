@@ -93,6 +93,15 @@ yes no true false 0 1 2 3 4 5 6 7 8 9 10 100 1000 0.5 3.14 answer question reaso
 """
 
 
+# With TinySpec.tool_tokens, tool-call JSON joins the corpus, so calls are a few BPE tokens as in
+# Qwen's tokenizer (character by character they would be ~70 tokens the policy must all get right).
+_TOOL_CORPUS = """
+{"name": "crop", "arguments": {"box": [0, 0, 1, 1], "relative": true}} {"name": "zoom", "arguments": {"x": 0.5, "y": 0.5, "factor": 2}}
+{"name": "frames", "arguments": {"start": 1, "end": 2}} {"name": "calculator", "arguments": {"expression": "2 + 2"}}
+"box": [216, 216, 224, 224] "box": [100, 200, 300, 400] "media": 0 "time": 1.5 Error: did not answer within
+"""
+
+
 @dataclass
 class TinySpec:
     """Sizes of the tiny model. Defaults are small enough for fast CPU tests; mRoPE sections must
@@ -136,7 +145,7 @@ def build_tokenizer(spec: TinySpec, family: str = DEFAULT_FAMILY):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    bpe.train_from_iterator([_CORPUS + (_TOOL_CORPUS if spec.tool_tokens else "")] * 4, trainer=trainer)
     vocab, merges = _vocab_and_merges(bpe)
     cls = getattr(transformers, TOKENIZERS[family])
     tok = cls(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",

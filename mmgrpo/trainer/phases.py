@@ -17,7 +17,7 @@ from mmgrpo.trainer.advantages import combine_rewards, compute_advantages
 from mmgrpo.trainer.records import RolloutGroup, ScoredStep
 from mmgrpo.trainer.reward_terms import reward_terms
 from mmgrpo.trainer.setup import Run
-from mmgrpo.trainer.tool_rollout import conversation, tool_groups
+from mmgrpo.trainer.tool_rollout import conversation, gigpo_token_advantages, tool_groups
 
 
 @contextlib.contextmanager
@@ -158,9 +158,13 @@ def advantages(run: Run, groups: tuple[RolloutGroup, ...], rewards: Tensor) -> S
     everything, rows = dist.global_rewards(run.accelerator, [g.stream for g in groups], list(rewards))  # [B_all, G, R]
     if everything is None:  # no group on any process
         empty = torch.zeros(0, run.cfg.generation.num_generations)
-        return ScoredStep((), rewards, empty, empty, torch.zeros(0, dtype=torch.bool), rewards.clone())
+        return ScoredStep((), rewards, empty, empty, torch.zeros(0, dtype=torch.bool), rewards.clone(), None)
     a = compute_advantages(everything, reward_terms(run.cfg).weights, run.cfg.advantage.combine,
                            run.cfg.advantage.scale, run.cfg.advantage.eps)
     idx = torch.tensor(rows, dtype=torch.long, device=a.advantages.device)  # [B] this process's rows
-    return ScoredStep(groups=groups, rewards=rewards, total=totals(run, rewards), advantages=a.advantages[idx],
-                      zero_std=a.zero_std[idx], parts=a.parts[idx])
+    total = totals(run, rewards)  # [B, G]
+    tokens = None
+    if run.cfg.tools.credit == "gigpo":  # step-level credit from anchor states (trainer/tool_rollout.py)
+        tokens = tuple(gigpo_token_advantages(g, total[b], run.cfg.tools, run.cfg.advantage) for b, g in enumerate(groups))
+    return ScoredStep(groups=groups, rewards=rewards, total=total, advantages=a.advantages[idx],
+                      zero_std=a.zero_std[idx], parts=a.parts[idx], token_advantages=tokens)

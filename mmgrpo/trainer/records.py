@@ -89,6 +89,7 @@ class ScoredStep:
     advantages: Tensor  # [B, G] no grad
     zero_std: Tensor  # [B] bool, all G rewards equal: no learning signal
     parts: Tensor  # [B, G, R] each reward term's share of the advantage (sums over R to `advantages`)
+    token_advantages: tuple[Tensor, ...] | None  # B x [G, C_b] per token (GiGPO); None = `advantages` per completion
 
     @property
     def originals(self) -> tuple[RolloutGroup, ...]:

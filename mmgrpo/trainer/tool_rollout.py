@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from mmgrpo.models.generate import Sampling
+from mmgrpo.models.layout import pad_last
 from mmgrpo.models.multiturn import Trajectory, TurnCaps, generate_trajectories, group_tensors
 from mmgrpo.processors.budget import Grid
 from mmgrpo.processors.sample import PromptInputs
@@ -21,6 +22,7 @@ from mmgrpo.processors.toolturn import ToolTurnEncoder
 from mmgrpo.tools.base import CALL_CLOSE
 from mmgrpo.tools.env import ToolEnv, sample_max_turns
 from mmgrpo.tools.registry import load_toolbox
+from mmgrpo.trainer.gigpo import anchor_groups, final_reward_steps, gigpo_advantages, token_advantages
 from mmgrpo.trainer.records import ToolRollout
 
 
@@ -83,3 +85,32 @@ def tool_metrics(groups) -> dict[str, float]:
     return {"tools/calls_mean": sum(calls) / n, "tools/call_rate": sum(c > 0 for c in calls) / n,
             "tools/error_rate": errors / max(sum(calls), 1), "tools/turns_mean": sum(len(t.turns) for t in trajs) / n,
             "tools/capped_rate": sum(t.capped for t in trajs) / n}
+
+
+def turn_of_token(t: Trajectory) -> torch.Tensor:
+    """[C] long: the model turn each token belongs to, -1 on tool-turn tokens."""
+    model = t.model_mask  # [C] long
+    starts = torch.cat([model[:1], model[1:] * (1 - model[:-1])])  # [C] 1 where a model turn begins
+    return torch.where(model.bool(), starts.cumsum(0) - 1, -1)  # [C]
+
+
+def turn_states(t: Trajectory) -> list[tuple[int, ...]]:
+    """The observation before each model turn: the completion's ids so far (the prompt is the
+    group's own, shared), so equal tuples are GiGPO's identical anchor states."""
+    model = t.model_mask
+    starts = torch.cat([model[:1], model[1:] * (1 - model[:-1])]).nonzero().squeeze(1).tolist()
+    return [tuple(t.ids[:s].tolist()) for s in starts]
+
+
+def gigpo_token_advantages(group, total: torch.Tensor, tools, advantage) -> torch.Tensor:
+    """[G, C] GiGPO advantages of a group's tokens (trainer/gigpo.py): each turn's A_E + omega A_S,
+    from the combined rewards `total` [G] at the last turn; 0 on tool tokens and masked trajectories."""
+    trajs = group.tools.trajectories
+    groups = anchor_groups([turn_states(t) for t in trajs])  # [G, T]
+    steps, mask = final_reward_steps(total.double().cpu(), torch.tensor([len(t.turns) for t in trajs]), groups.shape[1])
+    scale = "std" if advantage.scale == "group" else "none"
+    adv = gigpo_advantages(total.double().cpu(), steps, mask, groups, tools.gigpo_gamma, tools.gigpo_omega, scale,
+                           advantage.eps)  # [G, T]
+    C = group.completion_ids.shape[1]
+    turns = torch.stack([pad_last(turn_of_token(t).cpu(), C, -1) for t in trajs])  # [G, C]
+    return token_advantages(adv, turns).float() * group.completion_mask.cpu()  # [G, C]

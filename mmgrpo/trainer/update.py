@@ -150,7 +150,8 @@ def micro_loss(parts: PolicyParts, step: ScoredStep, chunk: list[Item], fixed: d
         old_logp=pad_stack([fixed[i].old if fixed[i].old is not None else lp.detach() for i, lp in zip(real, logp)],
                            T, 0.0),  # [B, G, T]
         ref_logp=pad_stack([fixed[i].ref for i in real], T, 0.0) if parts.reference is not None else None,  # [B, G, T]
-        advantages=step.advantages[real].to(parts.accelerator.device),  # [B, G]
+        advantages=(step.advantages[real] if step.token_advantages is None else  # [B, G], or GiGPO's [B, G, T]
+                    pad_stack([step.token_advantages[i] for i in real], T, 0.0)).to(parts.accelerator.device),
         mask=pad_stack([g.completion_mask.float() for g in groups], T, 0.0),  # [B, G, T]
         zero_std=step.zero_std[real].to(parts.accelerator.device),  # [B]
     )
@@ -225,8 +226,9 @@ def policy_update(parts: PolicyParts, step: ScoredStep, s: UpdateSettings,
     update_optimizer; on a GPU they are only exact after a synchronisation, which the benchmark does)."""
     norm = global_normalizer(parts.accelerator, step, s.max_new_tokens)
     # a group whose mask is all 0 (every trajectory over-turn-masked, tools.mask_over_turn) has no loss either
+    adv = step.advantages if step.token_advantages is None else step.token_advantages  # per completion / token
     active = [i for i in range(len(step.groups))
-              if contributes(step.advantages[i], s.loss.beta) and bool(step.groups[i].completion_mask.any())]
+              if contributes(adv[i], s.loss.beta) and bool(step.groups[i].completion_mask.any())]
     if dist.global_max(parts.accelerator, len(active)) == 0:
         # nothing to learn anywhere (every group flat, no KL): an AdamW step on zero gradients would
         # still move the weights through its momentum, so skip the update and the LR schedule
