@@ -70,15 +70,27 @@ def test_one_step_with_tools_under_each_objective(caller, tmp_path, objective, l
 
 
 def test_over_turn_masking_takes_capped_trajectories_out_of_the_loss(caller, tmp_path):
+    from mmgrpo.trainer.phases import next_prompts, rollout
+    from mmgrpo.trainer.setup import setup
+
     model_dir, train_file = caller
     cfg = run_config(model_dir, train_file, tmp_path / "run", True, 1, 0)
-    # one turn allowed: every trajectory that calls crop is capped; masked, nothing is left to learn
+    # one turn allowed: a trajectory that calls crop is capped (ending "turns") and, masked, leaves the loss
     cfg = dataclasses.replace(cfg, prompts_per_step=2, generation=dataclasses.replace(cfg.generation, num_generations=4),
                               tools=dataclasses.replace(cfg.tools, max_turns=1, mask_over_turn=True))
-    train(cfg)
-    (row,) = metrics(tmp_path / "run")
-    assert row["tools/capped_rate"] == 1.0 and row["tools/calls_mean"] == 0.0
-    assert row["skipped_update"] == 1.0 and row["grad_norm"] == 0.0, row
+    run = setup(cfg)
+    try:
+        groups = rollout(run, next_prompts(run))
+    finally:
+        run.logger.close()
+        run.tool_env.toolbox.close()
+    trajs = [(g, i, t) for g in groups for i, t in enumerate(g.tools.trajectories)]
+    assert sum(t.capped for _, _, t in trajs) >= len(trajs) // 2  # the caller calls crop most of the time
+    for g, i, t in trajs:
+        assert not t.answers and len(t.turns) == 1  # no tool ran: the call came in the last allowed turn
+        assert t.capped == (t.ending == "turns") and t.capped == t.turns[0].endswith("</tool_call>")
+        assert g.completion_mask[i, : t.length].tolist() == (t.model_mask * int(not t.capped)).tolist()
+        assert int(g.completion_mask[i, t.length :].sum()) == 0
 
 
 def test_tool_rewards_read_the_whole_trajectory():
