@@ -52,7 +52,8 @@ class UpdateSettings:
 
     @classmethod
     def of(cls, cfg: TrainConfig, pad_id: int) -> "UpdateSettings":
-        return cls(cfg.loss, cfg.optim, cfg.forward_mode, cfg.generation.temperature, cfg.generation.max_new_tokens,
+        budget = cfg.tools.max_total_tokens if cfg.tools.enabled else cfg.generation.max_new_tokens  # a completion's
+        return cls(cfg.loss, cfg.optim, cfg.forward_mode, cfg.generation.temperature, budget,  # longest possible
                    pad_id, cfg.model.router_aux_loss_coef)
 
 
