@@ -48,7 +48,7 @@ def test_the_shuffled_prompt_shows_the_same_frames_in_another_order(tiny_dir, ta
     sample = run.samples[0]
     ordered = encode(run, sample)
     group = RolloutGroup(ordered, torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), torch.zeros(4, dtype=torch.bool),
-                         ("",) * 4, 0, "none", 0.0, None)
+                         ("",) * 4, 0, "none", 0.0)
     shuffled, (order,) = shuffled_prompt(run, group)
     (video,) = run.encoder.load_media(sample)  # frames [T, 3, H, W] as decoded
     assert order != tuple(range(video.frames.shape[0]))
@@ -72,7 +72,7 @@ def _group(texts, stream, answer="B"):
     prompt = PromptInputs(sample, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long), VisionInputs())
     n = len(texts)
     return RolloutGroup(prompt, torch.zeros(n, 1, dtype=torch.long), torch.ones(n, 1), torch.zeros(n, dtype=torch.bool),
-                        tuple(texts), stream, "none", 0.0, None)
+                        tuple(texts), stream, "none", 0.0)
 
 
 def test_bonus_rule_hand_computed():

@@ -42,9 +42,9 @@ def run_config(model_dir: Path, train: Path, out: Path, tools: bool, steps: int,
         f"model.name_or_path={model_dir}", "model.dtype=fp32", "model.freeze_vision=false", "lora.enabled=false",
         f"data.train=[{train}]", f"data.system_prompt={SYSTEM!r}" if tools else "data.system_prompt=null",
         "vision.min_pixels=784", "vision.max_pixels=3136", "vision.max_prompt_length=512",
-        "generation.num_generations=8", "reward.weights=[1.0,0.2]", "loss.preset=grpo", "loss.beta=0.0",
+        "generation.num_generations=8", "reward.weights=[1.0,0.2]", "loss.preset=grpo", "loss.beta=0.04",
         "loss.aggregation=seq_sum",  # identical calls across a group cancel exactly; the answer token keeps its weight
-        "optim.lr=3e-4", "prompts_per_step=8", f"max_steps={steps}", "save_every=0", f"seed={seed}",
+        "optim.lr=5e-4", "prompts_per_step=8", f"max_steps={steps}", "save_every=0", f"seed={seed}",
         f"output_dir={out}", "progress_bar=false", "report_to=[jsonl]", "sample_every=0",
         *(tool_settings if tools else plain),
     ])

@@ -94,7 +94,7 @@ def rollout_prompts(run: Run, prompts: list[PromptInputs], streams: list[int], a
         return tuple(RolloutGroup(prompt=p, stream=s, augmentation=augmentation, aug_strength=a, **f)
                      for p, f, s, a in zip(prompts, fields, streams, strengths))
     rollouts = run.backend.generate(run.policy, prompts, seeds, n)
-    return tuple(RolloutGroup(p, r.completion_ids, r.completion_mask, r.truncated, r.texts, s, augmentation, a, None)
+    return tuple(RolloutGroup(p, r.completion_ids, r.completion_mask, r.truncated, r.texts, s, augmentation, a)
                  for p, r, s, a in zip(prompts, rollouts, streams, strengths))
 
 
@@ -158,7 +158,7 @@ def advantages(run: Run, groups: tuple[RolloutGroup, ...], rewards: Tensor) -> S
     everything, rows = dist.global_rewards(run.accelerator, [g.stream for g in groups], list(rewards))  # [B_all, G, R]
     if everything is None:  # no group on any process
         empty = torch.zeros(0, run.cfg.generation.num_generations)
-        return ScoredStep((), rewards, empty, empty, torch.zeros(0, dtype=torch.bool), rewards.clone(), None)
+        return ScoredStep((), rewards, empty, empty, torch.zeros(0, dtype=torch.bool), rewards.clone())
     a = compute_advantages(everything, reward_terms(run.cfg).weights, run.cfg.advantage.combine,
                            run.cfg.advantage.scale, run.cfg.advantage.eps)
     idx = torch.tensor(rows, dtype=torch.long, device=a.advantages.device)  # [B] this process's rows

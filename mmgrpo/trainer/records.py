@@ -41,7 +41,7 @@ class RolloutGroup:
     stream: int  # seed stream: the group's index in the step's global batch (+ an offset for DA copies)
     augmentation: str  # "none" | "harder" | "easier": where this group came from (DeepVideo-R1 §3.3)
     aug_strength: float  # strength of that augmentation, 0 for originals
-    tools: ToolRollout | None  # multi-turn rollouts with tools (trainer/tool_rollout.py); None = single turn
+    tools: ToolRollout | None = None  # multi-turn rollouts with tools (trainer/tool_rollout.py); None = single turn
 
     @property
     def size(self) -> int:
@@ -89,7 +89,7 @@ class ScoredStep:
     advantages: Tensor  # [B, G] no grad
     zero_std: Tensor  # [B] bool, all G rewards equal: no learning signal
     parts: Tensor  # [B, G, R] each reward term's share of the advantage (sums over R to `advantages`)
-    token_advantages: tuple[Tensor, ...] | None  # B x [G, C_b] per token (GiGPO); None = `advantages` per completion
+    token_advantages: tuple[Tensor, ...] | None = None  # B x [G, C_b] per token (GiGPO); None = `advantages` per completion
 
     @property
     def originals(self) -> tuple[RolloutGroup, ...]:
