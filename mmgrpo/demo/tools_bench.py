@@ -6,7 +6,7 @@ rate per seed.
                    letter: the format, not the task) -> GRPO with tools -> greedy multi-turn eval
     without tools: SFT on the answer format (random letters) -> GRPO -> greedy eval
 
-Deviation from the issue's plan: the traces' crop box is the cluster's (not random arguments);
+Deviation from the issue's plan: the traces' crop box is the top-left dot's (not random arguments);
 what RL has to learn here is reading the tool's answer, not where to look.
 """
 from __future__ import annotations
@@ -36,13 +36,14 @@ def run_config(model_dir: Path, train: Path, out: Path, tools: bool, steps: int,
     """The GRPO run of one condition: the demo's settings, multi-turn with the crop tool or not."""
     tool_settings = ["tools.enabled=true", "tools.names=[crop]", "tools.max_turns=2", "tools.max_total_tokens=160",
                      "tools.min_pixels=3136", "tools.max_pixels=3136", "reward.functions=[accuracy,tool_format]",
+                     "reward.weights=[1.0,0.0]",  # tool_format logged, not rewarded: a direct answer would score it higher
                      "generation.max_new_tokens=64"]
-    plain = ["reward.functions=[accuracy,format]", "generation.max_new_tokens=8"]
+    plain = ["reward.functions=[accuracy,format]", "reward.weights=[1.0,0.2]", "generation.max_new_tokens=8"]
     cfg = load_config(TrainConfig, None, [
         f"model.name_or_path={model_dir}", "model.dtype=fp32", "model.freeze_vision=false", "lora.enabled=false",
         f"data.train=[{train}]", f"data.system_prompt={SYSTEM!r}" if tools else "data.system_prompt=null",
         "vision.min_pixels=784", "vision.max_pixels=3136", "vision.max_prompt_length=512",
-        "generation.num_generations=8", "reward.weights=[1.0,0.2]", "loss.preset=grpo", "loss.beta=0.04",
+        "generation.num_generations=8", "loss.preset=grpo", "loss.beta=0.04",
         "loss.aggregation=seq_sum",  # identical calls across a group cancel exactly; the answer token keeps its weight
         "optim.lr=5e-4", "prompts_per_step=8", f"max_steps={steps}", "save_every=0", f"seed={seed}",
         f"output_dir={out}", "progress_bar=false", "report_to=[jsonl]", "sample_every=0",

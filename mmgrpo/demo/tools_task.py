@@ -4,8 +4,8 @@ top-left one (options: the four colours, chance = 25%).
 
 At the prompt's pixel budget (448 x 448 shown at 56 x 56: 8 x 8 source pixels per pixel) the
 whole 8 x 8 cluster falls into one pixel, where the four colours average to the same mix whatever
-their order: the answer is not in the prompt. Cropping the cluster (`crop` with its box) shows it at
-the tool budget (56 x 56, one merged token per dot), where the top-left dot is plain to see.
+their order: the answer is not in the prompt. Cropping the top-left dot (`crop` with its box) shows
+it at the tool budget (56 x 56): the whole tool image is the answer's colour.
 Images are real PNG files, read back through the same processors and tools as user data.
 """
 from __future__ import annotations
@@ -76,5 +76,7 @@ def make_tool_task(root: str | Path, spec: ToolTaskSpec) -> tuple[Path, Path]:
 
 
 def crop_call(spec: ToolTaskSpec) -> str:
-    """The call that answers the question's need: crop the cluster."""
-    return "<tool_call>" + json.dumps({"name": "crop", "arguments": {"box": spec.box}}) + "</tool_call>"
+    """The call that answers the question's need: crop the top-left dot."""
+    x1, y1, _, _ = spec.box
+    box = [x1, y1, x1 + spec.dot, y1 + spec.dot]
+    return "<tool_call>" + json.dumps({"name": "crop", "arguments": {"box": box}}) + "</tool_call>"
