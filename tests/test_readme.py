@@ -17,7 +17,6 @@ import shlex
 import shutil
 from pathlib import Path
 
-import pytest
 
 from mmgrpo.cli import main as cli_main
 

@@ -18,4 +18,4 @@ from mmgrpo.config.presets import PRESETS, RENAMED  # noqa: F401
 from mmgrpo.config.schema import (  # noqa: F401
     JUDGE_TEMPLATE, AdvantageConfig, AugmentConfig, ConfigError, DataConfig, DynamicSamplingConfig, EvalConfig, Family,
     GenerationConfig, JudgeConfig, LoraConfig, LossConfig, ModelConfig, OptimConfig, RewardConfig, SFTConfig,
-    TemporalConfig, TrainConfig, VisionConfig, VLLMConfig, bounded)
+    TemporalConfig, ToolsConfig, TrainConfig, VisionConfig, VLLMConfig, bounded)

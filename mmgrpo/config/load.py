@@ -261,6 +261,7 @@ def validate(cfg: Any) -> None:
                               f"{cfg.optim.updates_per_rollout}: the old log-probs are computed without dropout, so "
                               "every ratio of the first pass would be dropout noise; set lora.dropout=0")
         check_vllm(cfg)
+        check_tools(cfg)
         if cfg.eval.every and not cfg.data.eval:
             raise ConfigError(f"eval.every={cfg.eval.every} needs held-out data: set data.eval (or eval.every=0)")
     if hasattr(cfg, "lora") and cfg.lora.enabled and cfg.lora.experts and cfg.lora.dropout:
@@ -294,6 +295,20 @@ def check_vllm(cfg: TrainConfig) -> None:
         raise ConfigError(f"generation.vllm.sync_every={v.sync_every} needs save_every ({cfg.save_every}) and "
                           f"max_steps ({cfg.max_steps}) to be multiples of it: a checkpoint between syncs could not "
                           "restore the engine's older weights, and resume would not be exact")
+
+
+def check_tools(cfg: TrainConfig) -> None:
+    """The multi-turn tool settings against the run's."""
+    t = cfg.tools
+    if t.enabled and t.min_pixels > t.max_pixels:
+        raise ConfigError(f"tools.min_pixels={t.min_pixels} is above tools.max_pixels={t.max_pixels}")
+    if t.credit == "gigpo" and (cfg.loss.objective != "clipped_token" or cfg.advantage.scale == "batch"
+                                or cfg.advantage.combine != "sum_then_normalize" or not t.enabled):
+        raise ConfigError("tools.credit=gigpo gives each turn its own advantage: it needs tools.enabled, the "
+                          "token-level objective (loss.objective=clipped_token) and group advantages "
+                          "(advantage.scale group or none, advantage.combine=sum_then_normalize)")
+    if t.enabled and not (t.names or t.mcp_servers):
+        raise ConfigError("tools.enabled needs tools: set tools.names or tools.mcp_servers")
 
 
 def check_reward_terms(cfg: TrainConfig) -> None:

@@ -280,6 +280,27 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ToolsConfig:
+    """Multi-turn tool-integrated rollouts (README "Tools (multi-turn)"): the policy calls tools
+    mid-completion and reads their answers (text or images) as tool turns."""
+
+    enabled: bool = False
+    names: tuple[str, ...] = ("crop", "zoom", "frames", "calculator")  # built-ins, 'file.py:fn', 'module:fn'
+    mcp_servers: tuple[str, ...] = ()  # shell commands that start MCP stdio servers; all their tools are added
+    max_turns: int = bounded(4, ge=1)  # model turns per trajectory (a sample's `max_turns` can lower it)
+    max_total_tokens: int = bounded(1024, ge=1)  # completion tokens, model and tool turns together
+    timeout_s: float = bounded(10.0, gt=0)  # per tool call; a call past it answers with an error
+    min_pixels: int = bounded(28 * 28, ge=1)  # per tool image
+    max_pixels: int = bounded(448 * 448, ge=1)
+    frames_fps: float = bounded(4.0, gt=0)  # the `frames` tool's rate
+    frames_max: int = bounded(8, ge=2)  # frames one `frames` call returns at most
+    mask_over_turn: bool = False  # Mini-o3 §3.3: trajectories that hit a cap get loss mask 0
+    credit: Literal["trajectory", "gigpo"] = "trajectory"  # gigpo: + step advantages (arXiv 2505.10978)
+    gigpo_gamma: float = bounded(0.95, ge=0, le=1)  # discount of the step returns (GiGPO §4)
+    gigpo_omega: float = bounded(1.0, ge=0)  # weight of the step advantage (GiGPO eq. 8)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     # RL: no LoRA dropout. With several updates per rollout the old log-probs are taken without
@@ -297,6 +318,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
     output_dir: str = "runs/mmgrpo"
     seed: int = bounded(0, ge=0)
     max_steps: int = bounded(100, ge=1)

@@ -16,6 +16,7 @@ arbitrary (0).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -136,33 +137,108 @@ class SharedRows:
     sizes: tuple[int, ...]  # N_b, targets per group
 
 
-def _row_parts(prompt: PromptInputs, positions: Tensor, next_pos: int, ids: Tensor, keep: Tensor) -> dict:
-    """One group's row: tokens, types, positions, owner of each token and the logit positions."""
+def _row_parts(prompt: PromptInputs, positions: Tensor, ids: Tensor, keep: Tensor, comp_pos: Tensor,
+               comp_types: Tensor) -> dict:
+    """One group's row: tokens, types, positions, owner of each token and the logit positions;
+    `comp_pos` [3, N] and `comp_types` [N] are the completions' own, in (g, j) order."""
     P, G, device = prompt.length, ids.shape[0], prompt.input_ids.device
     keep = keep.to(device)
     comp = torch.cat([ids[g, : int(k)] for g, k in enumerate(keep)])  # [N] long, N = sum(keep)
     within = torch.cat([torch.arange(int(k), device=device) for k in keep])  # [N] long, j of each token
     seg = torch.repeat_interleave(torch.arange(G, device=device), keep)  # [N] long, g of each token
     starts = P + torch.cumsum(keep, 0) - keep  # [G] long, row offset of c_g
-    text_pos = (next_pos + within).view(1, -1).expand(3, -1)  # [3, N]: text continues on all axes
     return {
         "input_ids": torch.cat([prompt.input_ids[0], comp]),  # [L_b]
-        "mm_types": torch.cat([prompt.mm_token_type_ids[0], prompt.mm_token_type_ids.new_zeros(comp.numel())]),
-        "positions": torch.cat([positions, text_pos], dim=1),  # [3, L_b]
+        "mm_types": torch.cat([prompt.mm_token_type_ids[0], comp_types.to(device, prompt.mm_token_type_ids.dtype)]),
+        "positions": torch.cat([positions, comp_pos.to(device)], dim=1),  # [3, L_b]
         # token j of c_g is predicted at the previous row position: the prompt's last token for j = 0
         "logit_index": torch.where(within == 0, P - 1, starts[seg] + within - 1),  # [N]
         "seg": seg, "within": within, "targets": comp, "P": P,
     }
 
 
+@dataclass(frozen=True)
+class CompletionMedia:
+    """Images that tool answers placed inside a group's G completions (models.multiturn)."""
+
+    mm_token_type_ids: Tensor  # [G, C] int, 1 on the images' placeholders
+    pixel_values: tuple[Tensor | None, ...]  # G x [patches_g, D]
+    image_grid_thw: tuple[Tensor | None, ...]  # G x [k_g, 3] long
+    image_ends: tuple[tuple[int, ...], ...]  # G x k_g, column after each image's last placeholder
+
+    def kept(self, g: int, keep: int) -> tuple[Tensor | None, Tensor | None]:
+        """(pixel values, grids) of completion g's images within its first `keep` tokens (a
+        completion is scored up to its last model token, so an image is wholly in or out)."""
+        k = sum(1 for e in self.image_ends[g] if e <= keep)
+        grid = self.image_grid_thw[g]
+        if k == 0 or grid is None:
+            return None, None
+        patches = int(grid[:k].prod(dim=1).sum())
+        return self.pixel_values[g][:patches], grid[:k]  # [patches, D], [k, 3]
+
+
+def extended(prompt: PromptInputs, ids: Tensor, types: Tensor, pixel_values: Tensor | None,
+             grid: Tensor | None) -> PromptInputs:
+    """The prompt followed by completion tokens `ids` [n] (types [n]) as one sequence, the
+    completion's images after the prompt's (the order the model assigns them to placeholders)."""
+    v, device = prompt.vision, prompt.input_ids.device
+    vision = dataclasses.replace(
+        v, pixel_values=_cat([v.pixel_values, None if pixel_values is None else pixel_values.to(device)]),
+        image_grid_thw=_cat([v.image_grid_thw, None if grid is None else grid.to(device)]))
+    return dataclasses.replace(
+        prompt,
+        input_ids=torch.cat([prompt.input_ids[0], ids.to(device)]).view(1, -1),  # [1, P + n]
+        mm_token_type_ids=torch.cat([prompt.mm_token_type_ids[0],
+                                     types.to(device, prompt.mm_token_type_ids.dtype)]).view(1, -1),  # [1, P + n]
+        vision=vision,
+    )
+
+
+def completion_contexts(prompt: PromptInputs, ids: Tensor, keep: Tensor, media: CompletionMedia) -> list[PromptInputs]:
+    """Each completion g's first keep[g] tokens after the prompt, with its kept images."""
+    return [extended(prompt, ids[g, : int(k)], media.mm_token_type_ids[g, : int(k)], *media.kept(g, int(k)))
+            for g, k in enumerate(keep.tolist())]
+
+
+def completion_positions(model: torch.nn.Module, prompt: PromptInputs, next_pos: int, ids: Tensor, keep: Tensor,
+                         media: CompletionMedia | None, pad_id: int) -> tuple[Tensor, Tensor]:
+    """(positions [3, N], token types [N]) of the G completions' kept tokens in (g, j) order. Text-only
+    completions continue 1-D from `next_pos`; with tool images, each completion's positions come from
+    the family's rule over [prompt | completion] (images in a tool turn get their 3-D positions and the
+    text after them continues after the image's largest position)."""
+    device = prompt.input_ids.device
+    if media is None:
+        within = torch.cat([torch.arange(int(k), device=device) for k in keep])  # [N]
+        return (next_pos + within).view(1, -1).expand(3, -1), torch.zeros_like(within)  # [3, N], [N]
+    padded = left_pad(model, completion_contexts(prompt, ids, keep, media), pad_id)  # [G, P + max keep] rows
+    L = padded.position_ids.shape[2]
+    pos = torch.cat([padded.position_ids[:, g, L - int(k):] for g, k in enumerate(keep)], dim=1)  # [3, N]
+    types = torch.cat([media.mm_token_type_ids[g, : int(k)] for g, k in enumerate(keep)])  # [N]
+    return pos, types
+
+
+def rows_vision(prompts: list[PromptInputs], keeps: list[Tensor], media: list[CompletionMedia | None]) -> VisionInputs:
+    """The vision inputs of shared-prefix rows: per row, the prompt's media then each completion's
+    kept tool images, rows in order (the order of their placeholders in the flattened batch)."""
+    rows = []
+    for p, keep, m in zip(prompts, keeps, media):
+        kept = [m.kept(g, int(k)) for g, k in enumerate(keep.tolist())] if m is not None else []
+        rows.append(extended(p, p.input_ids.new_zeros(0), p.mm_token_type_ids.new_zeros(0),
+                             _cat([pv for pv, _ in kept]), _cat([gr for _, gr in kept])))
+    return collate_prompts(rows, 0, repeat=1).vision
+
+
 def shared_rows(model: torch.nn.Module, prompts: list[PromptInputs], completion_ids: list[Tensor],
-                keeps: list[Tensor], dtype: torch.dtype, pad_id: int) -> SharedRows:
-    """The B groups' shared-prefix rows, padded and stacked (positions from one `rope_positions` call)."""
+                keeps: list[Tensor], media: list[CompletionMedia | None], dtype: torch.dtype,
+                pad_id: int) -> SharedRows:
+    """The B groups' shared-prefix rows, padded and stacked (the prompts' positions from one
+    `rope_positions` call; completions with tool images get theirs from their own contexts)."""
     padded = left_pad(model, prompts, pad_id)
     rows = []
-    for b, (p, ids, keep) in enumerate(zip(prompts, completion_ids, keeps)):
+    for b, (p, ids, keep, m) in enumerate(zip(prompts, completion_ids, keeps, media)):
         positions = padded.position_ids[:, b, -p.length:]  # [3, P_b]: left padding dropped
-        rows.append(_row_parts(p, positions, int(padded.next_pos[b]), ids, keep))
+        comp_pos, comp_types = completion_positions(model, p, int(padded.next_pos[b]), ids, keep, m, pad_id)
+        rows.append(_row_parts(p, positions, ids, keep, comp_pos, comp_types))
     B, L = len(rows), max(r["input_ids"].numel() for r in rows)
     device = prompts[0].input_ids.device
     mask = torch.full((B, 1, L, L), torch.finfo(dtype).min, dtype=dtype, device=device)  # [B, 1, L, L]

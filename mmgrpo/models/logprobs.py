@@ -18,6 +18,12 @@ Modes:
   `shared_layout` says which, and the first fallback is logged.
 - `repeat`: B*G rows `[prompt_b | c_bg]`, vision inputs repeated per row: the baseline other
   trainers use, and the reference the shared path is tested against.
+
+Multi-turn completions (models.multiturn) carry tool turns, images included (`media`): their tool
+tokens are context (attention 1) and their log-probs are masked by the caller's mask. The `mask`
+layout keeps the prompt once per group and places each completion's tool images after the
+prompt's in its row; every other layout runs the B*G whole sequences `[prompt_b | c_bg]` as plain
+rows (`_context_forward`), the vision tower on each row's own media.
 """
 from __future__ import annotations
 
@@ -28,7 +34,8 @@ from torch import Tensor
 
 from mmgrpo.models.cache import new_cache
 from mmgrpo.models.families import family_of
-from mmgrpo.models.layout import collate_prompts, keep_lengths, left_pad, pad_last, shared_rows
+from mmgrpo.models.layout import (CompletionMedia, collate_prompts, completion_contexts, keep_lengths, left_pad,
+                                  pad_last, rows_vision, shared_rows)
 from mmgrpo.models.unwrap import base_model, cache_keyword, compute_dtype, returned_cache, supports_4d_mask, wide
 from mmgrpo.models.vision import encode_vision, repeat_features
 from mmgrpo.processors.sample import PromptInputs
@@ -58,8 +65,10 @@ def batch_logprobs(
     mode: str,
     temperature: float,
     pad_id: int,
+    media: list[CompletionMedia | None] | None = None,
 ) -> list[Tensor]:
-    """B x [G, C_b] log-probs (fp32, or fp64 for a float64 model) of `completion_ids[b]` [G, C_b] given prompt b; 0 where the mask is
+    """`media`: per group, the tool images inside its completions (None: text-only completions,
+    the single-turn case). B x [G, C_b] log-probs (fp32, or fp64 for a float64 model) of `completion_ids[b]` [G, C_b] given prompt b; 0 where the mask is
     0. Logits are divided by `temperature` before the softmax (TRL convention), so with the sampling
     temperature these are the log-probs of the distribution that was sampled (before top-k / top-p).
     Every group needs the same G. Differentiable: call under `torch.no_grad()` for fixed log-probs."""
@@ -76,13 +85,17 @@ def batch_logprobs(
         raise ValueError(f"every group needs the same number of completions, got {[c.shape[0] for c in completion_ids]}")
     keeps = [keep_lengths(m) for m in completion_masks]  # B x [G] long
     out = [torch.zeros(ids.shape, dtype=torch.float32, device=ids.device) for ids in completion_ids]  # B x [G, C_b]
+    media = media if media is not None else [None] * len(prompts)
     live = [b for b, k in enumerate(keeps) if int(k.sum()) > 0]  # groups with tokens to score
     if live:  # (a group with nothing to score gets zeros and no forward: it carries no gradient)
         args = ([prompts[b] for b in live], [completion_ids[b] for b in live], [keeps[b] for b in live],
                 temperature, pad_id)
         layout = shared_layout(model) if mode == "shared" else "repeat"
+        with_media = any(media[b] is not None for b in live)
         if layout == "mask":
-            scored = _shared_forward(model, *args)
+            scored = _shared_forward(model, *args, [media[b] for b in live])
+        elif with_media:
+            scored = _context_forward(model, *args, [media[b] for b in live])
         elif layout == "cache":
             scored = _cache_forward(model, *args)
         else:
@@ -122,9 +135,10 @@ def indexed_token_logprobs(logits: Tensor, index: Tensor, targets: Tensor, tempe
 
 
 def _shared_forward(model: torch.nn.Module, prompts: list[PromptInputs], completion_ids: list[Tensor],
-                    keeps: list[Tensor], temperature: float, pad_id: int) -> list[Tensor]:
-    rows = shared_rows(model, prompts, completion_ids, keeps, compute_dtype(model), pad_id)  # B rows of L
-    vision = collate_prompts(prompts, pad_id, repeat=1).vision  # every prompt's media in row order
+                    keeps: list[Tensor], temperature: float, pad_id: int,
+                    media: list[CompletionMedia | None]) -> list[Tensor]:
+    rows = shared_rows(model, prompts, completion_ids, keeps, media, compute_dtype(model), pad_id)  # B rows of L
+    vision = rows_vision(prompts, keeps, media)  # per row: the prompt's media, then its completions' tool images
     # 3-row position_ids: no leading text-position row, which transformers only reads to detect
     # packed sequences when there is no mask; our 4-D mask is used as-is.
     logits = model(
@@ -203,3 +217,35 @@ def _repeat_forward(model: torch.nn.Module, prompts: list[PromptInputs], complet
     ).logits[:, :-1]  # [B*G, C, V]
     lp = token_logprobs(logits, comp, temperature)  # [B*G, C]
     return [pad_last(block, ids.shape[1], 0.0) for block, ids in zip(lp.split(G), completion_ids)]
+
+
+def _context_forward(model: torch.nn.Module, prompts: list[PromptInputs], completion_ids: list[Tensor],
+                     keeps: list[Tensor], temperature: float, pad_id: int,
+                     media: list[CompletionMedia | None]) -> list[Tensor]:
+    """B*G plain rows `[prompt_b | c_bg[:keep]]` (each with its own media: the prompt's, then the
+    completion's kept tool images), left-padded, one forward. Left padding right-aligns every
+    completion, so the logits of the last C + 1 columns predict the right-aligned completions."""
+    G = int(completion_ids[0].shape[0])
+    rows = [ctx for p, ids, k, m in zip(prompts, completion_ids, keeps, media)
+            for ctx in (completion_contexts(p, ids, k, m) if m is not None else
+                        [extended_text(p, ids[g, : int(n)]) for g, n in enumerate(k.tolist())])]
+    padded = left_pad(model, rows, pad_id)  # [B*G, L] rows, positions, media
+    batch = padded.batch
+    C = max(int(k.max()) for k in keeps)
+    keep = torch.cat(keeps)  # [B*G]
+    targets = batch.input_ids[:, -C:]  # [B*G, C], row i's completion in its last keep[i] columns
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=padded.position_ids,
+                   mm_token_type_ids=batch.mm_token_type_ids, logits_to_keep=C + 1, use_cache=False,
+                   mm_encoder_outputs=encode_vision(model, batch.vision)).logits[:, :-1]  # [B*G, C, V]
+    right = token_logprobs(logits, targets, temperature)  # [B*G, C], right-aligned
+    shift = (C - keep).view(-1, 1)  # [B*G, 1]: columns of padding before each completion
+    cols = (torch.arange(C, device=right.device).view(1, -1) + shift).clamp(max=C - 1)  # [B*G, C]
+    left = right.gather(1, cols) * (torch.arange(C, device=right.device).view(1, -1) < keep.view(-1, 1))  # [B*G, C]
+    return [pad_last(block, ids.shape[1], 0.0) for block, ids in zip(left.split(G), completion_ids)]
+
+
+def extended_text(prompt: PromptInputs, ids: Tensor) -> PromptInputs:
+    """The prompt followed by text-only completion tokens `ids` [n]."""
+    return completion_contexts(prompt, ids.view(1, -1), ids.new_full((1,), ids.numel()),
+                               CompletionMedia(torch.zeros(1, ids.numel(), dtype=torch.int, device=ids.device),
+                                               (None,), (None,), ((),)))[0]

@@ -33,6 +33,9 @@ SPECIAL_TOKENS = [
 ]
 # Reasoning/answer tags are single (non-special) tokens so that decoded completions keep them.
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+# Qwen's tool-call tags, single tokens as in the released tokenizers (TinySpec.tool_tokens): the
+# rollout stops a model turn at `</tool_call>`.
+TOOL_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 
 # Qwen2-VL's public chat template (vision placeholders per content item).
 CHAT_TEMPLATE = (
@@ -88,6 +91,13 @@ yes no true false 0 1 2 3 4 5 6 7 8 9 10 100 1000 0.5 3.14 answer question reaso
 """
 
 
+# With TinySpec.tool_tokens, tool-call JSON joins the corpus, so calls are a few BPE tokens as in
+# Qwen's tokenizer (character by character they would be ~70 tokens the policy must all get right).
+_TOOL_CORPUS = """
+{"name": "crop", "arguments": {"box": [0, 0, 1, 1], "relative": true}} {"name": "zoom", "arguments": {"x": 0.5, "y": 0.5, "factor": 2}}
+{"name": "frames", "arguments": {"start": 1, "end": 2}} {"name": "calculator", "arguments": {"expression": "2 + 2"}}
+"box": [216, 216, 224, 224] "box": [100, 200, 300, 400] "media": 0 "time": 1.5 Error: did not answer within
+"""
 def build_tokenizer(spec: TinySpec, family: str = DEFAULT_FAMILY):
     """Byte-level BPE trained on `_CORPUS`, wrapped in the family's tokenizer class (Qwen2Tokenizer;
     Qwen3_5Tokenizer for Qwen3.5) with Qwen's special tokens."""
@@ -98,12 +108,12 @@ def build_tokenizer(spec: TinySpec, family: str = DEFAULT_FAMILY):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    bpe.train_from_iterator([_CORPUS + (_TOOL_CORPUS if spec.tool_tokens else "")] * 4, trainer=trainer)
     vocab, merges = _vocab_and_merges(bpe)
     cls = getattr(transformers, TOKENIZERS[family])
     tok = cls(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
               additional_special_tokens=SPECIAL_TOKENS)
-    tok.add_tokens(TAG_TOKENS)
+    tok.add_tokens(TAG_TOKENS + (TOOL_TOKENS if spec.tool_tokens else []))
     tok.chat_template = CHAT_TEMPLATES[family]
     return tok
 

@@ -27,6 +27,7 @@ class TinySpec:
     seed: int = 0
     experts: int = 4  # MoE families
     active_experts: int = 2
+    tool_tokens: bool = False  # the tool-call corpus in the vocabulary (off: the tiny models of earlier tests stay as they were)
 
     @property
     def head_dim(self) -> int:

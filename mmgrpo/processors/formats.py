@@ -56,6 +56,7 @@ from mmgrpo.processors.image import IMAGE_EXTENSIONS, check_file
 from mmgrpo.processors.peers import EasyR1Keys, inserted_note, is_videor1, missing_tags, videor1_as_plain, with_tags
 from mmgrpo.processors.reading import UnreadableRow, read_rows, unencodable  # noqa: F401 (read_rows re-exported)
 from mmgrpo.processors.sample import BadSampleError, Media, MediaError, MediaOptions, Sample
+from mmgrpo.processors.toolformat import tool_messages
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,8 @@ def _messages(row: _Row, column: str) -> list[dict]:
     messages = row.data[column]
     if isinstance(messages, str) and column == "prompt":
         return [{"role": "user", "content": messages}]
+    if isinstance(messages, list):  # multi-turn tool conversations (TRL tool_calls, ms-swift tool_call turns)
+        messages = tool_messages(messages)
     if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
         raise row.bad(f"column {column!r} must be a list of {{'role', 'content'}} messages")
     return messages

@@ -31,6 +31,7 @@ from mmgrpo.trainer.phases import advantages, next_prompts, timed
 from mmgrpo.trainer.records import ScoredStep
 from mmgrpo.trainer.setup import Run, save, setup
 from mmgrpo.trainer.temporal import temporal_metrics
+from mmgrpo.trainer.tool_rollout import tool_metrics
 from mmgrpo.trainer.update import NonFiniteGradientError, policy_update
 
 
@@ -51,7 +52,8 @@ def train_step(run: Run, timings: dict[str, float]) -> tuple[ScoredStep, dict[st
     step = advantages(run, groups, rewards)
     stats = policy_update(run.parts, step, run.update_settings, timings)
     run.backend.sync(run.policy)
-    return step, {**stats, **sampling_metrics(run, batch), **temporal_metrics(run, batch.temporal)}
+    return step, {**stats, **sampling_metrics(run, batch), **temporal_metrics(run, batch.temporal),
+                  **tool_metrics(step.groups)}
 
 
 def train(cfg: TrainConfig, run: Run | None = None) -> Path:
@@ -61,9 +63,11 @@ def train(cfg: TrainConfig, run: Run | None = None) -> Path:
     bar = tqdm(total=cfg.max_steps, initial=run.state.step, disable=not (cfg.progress_bar and acc.is_main_process))
     try:
         last = run_steps(run, bar)
-    finally:  # a failed run still closes its logs and its rollout engine and releases the output_dir lock
-        bar.close()
+    finally:  # a failed run still stops its rollout engine and MCP servers, closes its logs and, last,
+        bar.close()  # releases the output_dir lock (the logger holds it)
         run.backend.close()
+        if run.tool_env is not None:
+            run.tool_env.toolbox.close()
         run.logger.close()
     return last or ckpt.checkpoint_dir(cfg.output_dir, run.state.step)
 

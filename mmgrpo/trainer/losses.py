@@ -32,7 +32,7 @@ class LossInputs:
     logp: Tensor  # [B, G, T] policy token log-probs (requires grad)
     old_logp: Tensor  # [B, G, T] behaviour policy (detached); == logp.detach() when on-policy
     ref_logp: Tensor | None  # [B, G, T] reference (None when beta == 0)
-    advantages: Tensor  # [B, G] group advantages (no grad)
+    advantages: Tensor  # [B, G] group advantages (no grad); [B, G, T] per token (GiGPO, clipped_token only)
     mask: Tensor  # [B, G, T] 1 on completion tokens
     zero_std: Tensor  # [B] bool, groups with identical rewards
     # [B, G, T] truncated importance weights pi_old / pi_engine (trainer/importance.py, no grad) when a
@@ -224,7 +224,8 @@ def clipped_token_loss(x: LossInputs, cfg: LossConfig, norm: Normalizer) -> Loss
     logp = _clean(x.logp, x.mask)  # [B, G, T]
     old = _clean(x.old_logp, x.mask).detach()  # [B, G, T]
     ratio = torch.exp(logp - old)  # [B, G, T]; == 1 on-policy but carries the gradient
-    adv = x.advantages.detach()[..., None].to(logp.dtype)  # [B, G, 1]
+    adv = x.advantages.detach().to(logp.dtype)  # [B, G] or, per token (GiGPO), [B, G, T]
+    adv = adv if adv.dim() == 3 else adv[..., None]  # [B, G, T] or [B, G, 1]
     kl_tok, kl_mean = _kl_term(x, cfg, ratio)  # [B, G, T], []
     per_token = _importance(_clipped_surrogate(ratio, adv, cfg) + kl_tok, x)  # [B, G, T]
     loss = aggregate(per_token, x.mask, cfg.aggregation, norm)  # []

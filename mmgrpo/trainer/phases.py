@@ -18,6 +18,7 @@ from mmgrpo.trainer.advantages import combine_rewards, compute_advantages
 from mmgrpo.trainer.records import RolloutGroup, ScoredStep
 from mmgrpo.trainer.reward_terms import reward_terms
 from mmgrpo.trainer.setup import Run
+from mmgrpo.trainer.tool_rollout import conversation, gigpo_token_advantages, tool_groups
 
 
 @contextlib.contextmanager
@@ -89,6 +90,10 @@ def rollout_prompts(run: Run, prompts: list[PromptInputs], streams: list[int], a
     if not prompts:
         return ()
     seeds = [ckpt.step_seed(run.cfg.seed, run.state.step, s) for s in streams]
+    if run.tool_env is not None:  # multi-turn trajectories with tool calls (trainer/tool_rollout.py)
+        fields = tool_groups(run, prompts, seeds, n or run.cfg.generation.num_generations)
+        return tuple(RolloutGroup(prompt=p, stream=s, augmentation=augmentation, aug_strength=a, **f)
+                     for p, f, s, a in zip(prompts, fields, streams, strengths))
     rollouts = run.backend.generate(run.policy, prompts, seeds, n)
     return tuple(RolloutGroup(p, r.completion_ids, r.completion_mask, r.truncated, r.texts, s, augmentation, a,
                               r.logprobs) for p, r, s, a in zip(prompts, rollouts, streams, strengths))
@@ -118,7 +123,9 @@ def score(run: Run, groups: tuple[RolloutGroup, ...]) -> Tensor:
         sample = g.prompt.sample
         columns = {k: [v] * g.size for k, v in reward_columns(sample).items()}
         lengths = g.completion_mask.sum(dim=1).tolist()  # [G]
-        result = run.rewards(list(g.texts), columns, [sample.id] * g.size, completion_lengths=lengths,
+        # with tools, TRL's conversational completions: the whole trajectory, tool answers included
+        completions = [conversation(t) for t in g.tools.trajectories] if g.tools is not None else list(g.texts)
+        result = run.rewards(completions, columns, [sample.id] * g.size, completion_lengths=lengths,
                              **trl_extras(run, g),
                              max_completion_length=run.cfg.generation.max_new_tokens,
                              overlong_buffer=run.cfg.reward.overlong_buffer,
@@ -166,5 +173,9 @@ def advantages(run: Run, groups: tuple[RolloutGroup, ...], rewards: Tensor) -> S
     a = compute_advantages(everything, reward_terms(run.cfg).weights, run.cfg.advantage.combine,
                            run.cfg.advantage.scale, run.cfg.advantage.eps)
     idx = torch.tensor(rows, dtype=torch.long, device=a.advantages.device)  # [B] this process's rows
-    return ScoredStep(groups=groups, rewards=rewards, total=totals(run, rewards), advantages=a.advantages[idx],
-                      zero_std=a.zero_std[idx], parts=a.parts[idx])
+    total = totals(run, rewards)  # [B, G]
+    tokens = None
+    if run.cfg.tools.credit == "gigpo":  # step-level credit from anchor states (trainer/tool_rollout.py)
+        tokens = tuple(gigpo_token_advantages(g, total[b], run.cfg.tools, run.cfg.advantage) for b, g in enumerate(groups))
+    return ScoredStep(groups=groups, rewards=rewards, total=total, advantages=a.advantages[idx],
+                      zero_std=a.zero_std[idx], parts=a.parts[idx], token_advantages=tokens)

@@ -18,14 +18,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mmgrpo.models.layout import CompletionMedia
+from mmgrpo.models.multiturn import Trajectory
 from mmgrpo.processors.sample import PromptInputs
+
+
+@dataclass(frozen=True)
+class ToolRollout:
+    """The multi-turn side of a group (tools.enabled): what its G completions hold beyond text tokens."""
+
+    media: CompletionMedia  # tool images inside the completions, for every log-prob forward
+    trajectories: tuple[Trajectory, ...]  # [G] turns, tool answers, how each ended
 
 
 @dataclass(frozen=True)
 class RolloutGroup:
     prompt: PromptInputs  # the prompt, batch dim 1, with its vision inputs
     completion_ids: Tensor  # [G, C] long, right-padded
-    completion_mask: Tensor  # [G, C] 1 on completion tokens up to and including EOS
+    completion_mask: Tensor  # [G, C] 1 on completion tokens up to and including EOS; with tools, on model tokens only
     truncated: Tensor  # [G] bool, no EOS within max_new_tokens
     texts: tuple[str, ...]  # G decoded completions
     stream: int  # seed stream: the group's index in the step's global batch (+ an offset for DA copies)
@@ -34,6 +44,7 @@ class RolloutGroup:
     # [G, C] the rollout engine's log-probs of the sampled tokens (vLLM); None = sampled by the
     # trainer's own model (HF backend), nothing to compare
     engine_logp: Tensor | None = None
+    tools: ToolRollout | None = None  # multi-turn rollouts with tools (trainer/tool_rollout.py); None = single turn
 
     @property
     def size(self) -> int:
@@ -81,6 +92,7 @@ class ScoredStep:
     advantages: Tensor  # [B, G] no grad
     zero_std: Tensor  # [B] bool, all G rewards equal: no learning signal
     parts: Tensor  # [B, G, R] each reward term's share of the advantage (sums over R to `advantages`)
+    token_advantages: tuple[Tensor, ...] | None = None  # B x [G, C_b] per token (GiGPO); None = `advantages` per completion
 
     @property
     def originals(self) -> tuple[RolloutGroup, ...]:

@@ -42,6 +42,7 @@ from torch import Tensor
 
 from mmgrpo.answers import PROBLEM_TYPES, infer_problem_type, score_answer
 from mmgrpo.config import RewardConfig
+from mmgrpo.tools.base import CALL_OPEN, parse_call
 from mmgrpo.trainer.advantages import MAX_ABS_REWARD
 
 RewardFn = Callable[..., list]
@@ -132,10 +133,43 @@ def overlong(completions: list, completion_lengths: list | None = None, max_comp
     return out
 
 
+def _turns(completion: Any) -> tuple[list[str], int]:
+    """(assistant turns, tool answers) of a completion: a TRL conversational list of a multi-turn
+    rollout, or a plain string (one turn, no tools)."""
+    if isinstance(completion, str):
+        return [completion], 0
+    messages = [completion] if isinstance(completion, dict) else list(completion or [])
+    turns = [completion_text([m]) for m in messages if m.get("role", "assistant") == "assistant"]
+    return turns, sum(m.get("role") == "tool" for m in messages)
+
+
+def tool_format(completions: list, **kwargs: Any) -> list[float | None]:
+    """Share of well-formed turns in a multi-turn completion (ARTIST §3.3's format reward): each
+    turn before the last holds one parseable `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`,
+    the last one is the answer format (`format`). A single-turn completion is scored by the last rule."""
+    out: list[float | None] = []
+    for comp in completions:
+        turns, _ = _turns(comp)
+        calls = [parse_call(t) for t in turns[:-1]]
+        good = sum(c is not None and c.problem is None and t.count(CALL_OPEN) == 1 for c, t in zip(calls, turns))
+        good += float(format_reward([turns[-1]])[0]) if turns else 0.0
+        out.append(good / max(len(turns), 1))
+    return out
+
+
+def tool_cost(completions: list, **kwargs: Any) -> list[float | None]:
+    """Minus the number of tool calls answered (its weight is the cost of a call): a nudge towards
+    calling a tool only when it helps (Mini-o3 / DeepEyes discuss the trade-off; Pixel Reasoner
+    counters the opposite failure, a policy that stops using tools, with a curiosity bonus)."""
+    return [-float(_turns(comp)[1]) for comp in completions]
+
+
 REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy,
     "format": format_reward,
     "overlong": overlong,
+    "tool_format": tool_format,
+    "tool_cost": tool_cost,
 }
 
 

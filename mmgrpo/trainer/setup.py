@@ -52,6 +52,7 @@ class Run:
     augment: Any | None  # mmgrpo.augment.DifficultyScheduler when cfg.augment.enabled
     special: SpecialIds
     backend: RolloutBackend
+    tool_env: Any | None  # mmgrpo.tools.env.ToolEnv when tools.enabled (multi-turn rollouts)
     prompt_cache: OrderedDict = field(default_factory=OrderedDict)  # sample id -> PromptInputs (LRU)
     flat_steps: int = 0  # steps of this process's run in which every group had equal rewards (warned about)
 
@@ -228,6 +229,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     from mmgrpo.processors.encode import PromptEncoder
     from mmgrpo.trainer.reward_terms import reward_functions, reward_terms
     from mmgrpo.trainer.rewards import RewardRunner
+    from mmgrpo.trainer.tool_rollout import build_tool_env
 
     accelerator = accelerator or dist.make_accelerator("fp16" if cfg.model.dtype == "fp16" else "no")
     dist.check_supported(accelerator, cfg)
@@ -271,8 +273,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator | None = None) -> Run:
     backend = make_backend(BackendSpec(cfg.generation, processor.tokenizer, special, cfg.forward_mode,
                                        cfg.model.name_or_path, cfg.model.dtype,
                                        cfg.vision.max_prompt_length + cfg.generation.max_new_tokens, cfg.seed))
+    tool_env = build_tool_env(cfg, processor) if cfg.tools.enabled else None
     return Run(cfg, accelerator, model, processor, encoder, reference, optimizer, lr_sched, rewards,
-               samples, eval_samples, state, logger, augment, special, backend)
+               samples, eval_samples, state, logger, augment, special, backend, tool_env)
 
 
 def announce(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, start: tuple, data: tuple) -> None:

@@ -56,7 +56,8 @@ class UpdateSettings:
     @classmethod
     def of(cls, cfg: TrainConfig, pad_id: int) -> "UpdateSettings":
         v = cfg.generation.vllm
-        return cls(cfg.loss, cfg.optim, cfg.forward_mode, cfg.generation.temperature, cfg.generation.max_new_tokens,
+        budget = cfg.tools.max_total_tokens if cfg.tools.enabled else cfg.generation.max_new_tokens  # a completion's
+        return cls(cfg.loss, cfg.optim, cfg.forward_mode, cfg.generation.temperature, budget,  # longest possible
                    pad_id, cfg.model.router_aux_loss_coef, v.is_mode, v.is_cap)
 
 
@@ -96,7 +97,8 @@ def logprobs_of(model: torch.nn.Module, groups: list[RolloutGroup], s: UpdateSet
     if not groups:
         return []
     return batch_logprobs(model, [g.prompt for g in groups], [g.completion_ids for g in groups],
-                          [g.completion_mask for g in groups], s.forward_mode, s.temperature, s.pad_id)  # B x [G, C_b]
+                          [g.completion_mask for g in groups], s.forward_mode, s.temperature, s.pad_id,
+                          media=[g.tools.media if g.tools is not None else None for g in groups])  # B x [G, C_b]
 
 
 @torch.no_grad()
@@ -156,7 +158,8 @@ def micro_loss(parts: PolicyParts, step: ScoredStep, chunk: list[Item], fixed: d
         logp=pad_stack(logp, T, 0.0),  # [B, G, T]
         old_logp=old,  # [B, G, T]
         ref_logp=pad_stack([fixed[i].ref for i in real], T, 0.0) if parts.reference is not None else None,  # [B, G, T]
-        advantages=step.advantages[real].to(parts.accelerator.device),  # [B, G]
+        advantages=(step.advantages[real] if step.token_advantages is None else  # [B, G], or GiGPO's [B, G, T]
+                    pad_stack([step.token_advantages[i] for i in real], T, 0.0)).to(parts.accelerator.device),
         mask=mask,  # [B, G, T]
         zero_std=step.zero_std[real].to(parts.accelerator.device),  # [B]
         is_weight=is_weight,  # [B, G, T] or None
@@ -265,7 +268,10 @@ def policy_update(parts: PolicyParts, step: ScoredStep, s: UpdateSettings,
     and adds the wall times of its phases to `timings` (reference, old_policy, update_fwd_bwd,
     update_optimizer; on a GPU they are only exact after a synchronisation, which the benchmark does)."""
     norm = global_normalizer(parts.accelerator, step, s.max_new_tokens)
-    active = [i for i in range(len(step.groups)) if contributes(step.advantages[i], s.loss.beta)]
+    # a group whose mask is all 0 (every trajectory over-turn-masked, tools.mask_over_turn) has no loss either
+    adv = step.advantages if step.token_advantages is None else step.token_advantages  # per completion / token
+    active = [i for i in range(len(step.groups))
+              if contributes(adv[i], s.loss.beta) and bool(step.groups[i].completion_mask.any())]
     if dist.global_max(parts.accelerator, len(active)) == 0:
         # nothing to learn anywhere (every group flat, no KL): an AdamW step on zero gradients would
         # still move the weights through its momentum, so skip the update and the LR schedule

@@ -1,0 +1,1 @@
+"""Tools for multi-turn rollouts: definitions and calls (base), built-ins, user and MCP tools (registry)."""
