@@ -17,7 +17,6 @@ import shlex
 import shutil
 from pathlib import Path
 
-
 from mmgrpo.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from mmgrpo.processors.fields import normalize_options
-from mmgrpo.processors.formats import MediaRoot, _Row, read_rows, row_to_sample
+from mmgrpo.processors.formats import _Row, read_rows, row_to_sample
+from mmgrpo.processors.reading import MediaRoot
 from mmgrpo.processors.peers import is_videor1
 from mmgrpo.processors.reading import read_json
 from mmgrpo.processors.sample import BadSampleError, Sample

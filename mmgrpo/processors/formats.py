@@ -54,7 +54,7 @@ from mmgrpo.answers import reference_answer, reference_letter
 from mmgrpo.processors.fields import media_options, normalize_options, problem_type, render_options
 from mmgrpo.processors.image import IMAGE_EXTENSIONS, check_file
 from mmgrpo.processors.peers import EasyR1Keys, inserted_note, is_videor1, missing_tags, videor1_as_plain, with_tags
-from mmgrpo.processors.reading import UnreadableRow, read_rows, unencodable  # noqa: F401 (read_rows re-exported)
+from mmgrpo.processors.reading import MediaRoot, UnreadableRow, read_rows, unencodable  # noqa: F401 (re-exported)
 from mmgrpo.processors.sample import BadSampleError, Media, MediaError, MediaOptions, Sample
 from mmgrpo.processors.toolformat import tool_messages
 from mmgrpo.processors.video import VIDEO_EXTENSIONS
@@ -69,28 +69,6 @@ _UNSUPPORTED_COLUMNS = ("audio", "audios")
 class LoadResult:
     samples: list[Sample]
     skipped: list[BadSampleError] = field(default_factory=list)  # with on_bad_sample="skip"
-
-
-@dataclass(frozen=True)
-class MediaRoot:
-    """`DataConfig.media_root`: the folder relative media paths resolve against and no media path
-    may leave."""
-
-    path: str  # absolute, as the user named it: relative media paths are joined to it
-    real: str  # symlinks resolved: a media file's realpath must lie under it
-
-    @classmethod
-    def of(cls, folder: str | None) -> MediaRoot | None:
-        """None for None; a relative folder is taken from the working directory."""
-        if folder is None:
-            return None
-        path = os.path.abspath(os.path.expanduser(folder))
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"data.media_root: {folder!r} is not a folder")
-        return cls(path, os.path.realpath(path))
-
-    def contains(self, real_path: str) -> bool:
-        return os.path.commonpath([self.real, real_path]) == self.real
 
 
 @dataclass

@@ -5,6 +5,7 @@
   the other rows still load. Splitting bytes also keeps U+2028 and friends inside their line.
 - A JSON file is one document: an invalid byte makes the whole file unusable, and the error names
   the file, the byte offset and the line.
+- `MediaRoot` (`data.media_root`): the folder media paths resolve against and may not leave.
 - JSON can also hold strings that UTF-8 cannot (a lone surrogate written `"\\ud800"`). Tokenizers
   reject them with a TypeError mid-run, so `unencodable` finds them when a row is converted.
 """
@@ -142,3 +143,25 @@ def _raw_rows(ds: Any) -> list[dict]:
     """Rows as stored: an `Image` column stays {"bytes", "path"} instead of being decoded into PIL
     images for the whole dataset up front (each image is decoded when its sample is encoded)."""
     return ds.with_format("arrow")[0 : len(ds)].to_pylist()
+
+
+@dataclass(frozen=True)
+class MediaRoot:
+    """`DataConfig.media_root`: the folder relative media paths resolve against and no media path
+    may leave."""
+
+    path: str  # absolute, as the user named it: relative media paths are joined to it
+    real: str  # symlinks resolved: a media file's realpath must lie under it
+
+    @classmethod
+    def of(cls, folder: str | None) -> MediaRoot | None:
+        """None for None; a relative folder is taken from the working directory."""
+        if folder is None:
+            return None
+        path = os.path.abspath(os.path.expanduser(folder))
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"data.media_root: {folder!r} is not a folder")
+        return cls(path, os.path.realpath(path))
+
+    def contains(self, real_path: str) -> bool:
+        return os.path.commonpath([self.real, real_path]) == self.real
