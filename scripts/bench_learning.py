@@ -43,10 +43,13 @@ DEMO_METHODS = {
 # do not have, so in this task DA acts through the "harder" branch.
 DEMO_DA = ["augment.harder=[gaussian_noise,frame_mask]", "augment.dead_zone=0.05", "augment.max_extra_rollouts=4"]
 
-# Counting: each method is its paper's preset (mmgrpo/presets.py, docs/methods.md); DA keeps
-# AugmentConfig's defaults (window 100, dead zone 0.1, at most 4 augmented groups a step) with
-# Gaussian frame noise as the harder input (configs/counting.yaml), DeepVideo-R1 §3.3.
-DA = ["augment.enabled=true"]
+# Counting: each method is its paper's preset (mmgrpo/presets.py, docs/methods.md). DA as DeepVideo-R1
+# §3.3 describes it: every group outside the dead zone is augmented, not only all-equal-reward ones
+# (our default, only_zero_variance, would make DA a near no-op here: with the format reward and a
+# half-right policy, 1-2% of the groups had equal rewards in the first 50 steps of GRPO and
+# Reg-GRPO); window 100, dead zone 0.1, at most 4 augmented groups a step, Gaussian frame noise
+# as the harder input (configs/counting.yaml).
+DA = ["augment.enabled=true", "augment.only_zero_variance=false"]
 COUNTING_METHODS = {
     "grpo": ["loss.preset=grpo"],
     "reg_grpo": ["loss.preset=reg_grpo"],
@@ -66,9 +69,10 @@ COUNTING_ABLATIONS = {
     "reg_grpo_paper_eps1e-6": ["loss.preset=reg_grpo", "loss.reg_scale=none", "loss.reg_eps=1e-6"],
     "reg_grpo_paper_eps1e-2": ["loss.preset=reg_grpo", "loss.reg_scale=none", "loss.reg_eps=1e-2"],
 }
+FIRST = ("grpo", "reg_grpo", "reg_grpo+da")  # Table 4: Reg-GRPO + DA > Reg-GRPO > GRPO
 TASKS = {
     "demo": {"doc": "bench_learning", "steps": 300, "seeds": [0, 1, 2], "sft_steps": 40},
-    "counting": {"doc": "bench_learning_counting", "steps": 150, "seeds": [0, 1, 2, 3, 4], "sft_steps": 60},
+    "counting": {"doc": "bench_learning_counting", "steps": 100, "seeds": [0, 1, 2, 3, 4], "sft_steps": 60},
 }
 
 
@@ -104,8 +108,11 @@ def prepare(task: str, root: Path, seed: int, sft_steps: int) -> dict:
     if fresh:  # warm-up on the reference traces of easy clips only (CountingSpec.sft_strata)
         base = save_tiny(root / "base-model", TinySpec(seed=seed))
         ckpt = sft(trace_sft_config(base, files.sft, root / "sft", sft_steps, spec, seed=seed))
+    cache = root / "sft_scores.json"  # greedy scores of this checkpoint, kept for later invocations
+    if fresh or not cache.is_file():
+        cache.write_text(json.dumps(heldout_scores(ckpt, files.heldout, spec)))
     return {"sft": str(ckpt), "train": str(files.train), "heldout": str(files.heldout),
-            "scores_sft": heldout_scores(ckpt, files.heldout, spec)}
+            "scores_sft": json.loads(cache.read_text())}
 
 
 def train_or_reuse(cfg, out: Path, steps: int):
@@ -147,7 +154,7 @@ def run_one(job: dict) -> dict:
               "step_time_median": statistics.median(r["step_time"] for r in rows)}
     if job["task"] == "demo":
         return {**record, **demo_record(final, Path(job["heldout"]), cfg.vision, rows)}
-    return {**record, **counting_record(final, Path(job["heldout"]), job["seed"], rows)}
+    return {**record, **counting_record(final, out, Path(job["heldout"]), job["seed"], rows)}
 
 
 def demo_record(final: Path, heldout: Path, vision, rows: list[dict]) -> dict:
@@ -163,16 +170,19 @@ def demo_record(final: Path, heldout: Path, vision, rows: list[dict]) -> dict:
     }
 
 
-def counting_record(final: Path, heldout: Path, seed: int, rows: list[dict]) -> dict:
+def counting_record(final: Path, out: Path, heldout: Path, seed: int, rows: list[dict]) -> dict:
     """Final greedy scores per stratum, the eval curve, DA's counts, the zero-std shares; for DAPO
     the rollout rounds per step (dynamic sampling's cost: the same steps, more rollouts)."""
     from mmgrpo.demo.counting import CountingSpec
     from mmgrpo.demo.counting_run import heldout_scores
 
+    cache = out / f"final_scores-{final.name}.json"  # a rewrite of the document does not evaluate again
+    if not cache.is_file():
+        cache.write_text(json.dumps(heldout_scores(final, heldout, CountingSpec(seed=seed))))
     curve = [(r["step"], r["eval/accuracy"], r.get("eval/task/easy"), r.get("eval/task/hard"))
              for r in rows if r.get("eval/accuracy") is not None]
     return {
-        "final": heldout_scores(final, heldout, CountingSpec(seed=seed)),
+        "final": json.loads(cache.read_text()),
         "curve": curve,
         "zero_std_frac_before": statistics.fmean(r["zero_std_frac"] for r in rows),
         "zero_std_frac_after": statistics.fmean(r.get("augment/zero_std_frac_after", r["zero_std_frac"]) for r in rows),
@@ -208,6 +218,9 @@ def main() -> None:
         jobs = [{"task": args.task, "method": m, "overrides": o, "seed": s, "steps": args.steps,
                  "eval_every": args.eval_every, "out": str(args.out / f"seed{s}" / m.replace("+", "_")), **prep[str(s)]}
                 for s in args.seeds for m, o in table.items()]
+        # the methods of DeepVideo-R1's ordering first, every seed, then the others: an interrupted
+        # invocation has the comparison the benchmark exists for
+        jobs.sort(key=lambda j: j["method"] not in FIRST)
         results = list(pool.map(run_one, jobs))
     args.docs.mkdir(exist_ok=True)
     doc = args.docs / f"{t['doc']}.md"
