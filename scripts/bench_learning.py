@@ -115,14 +115,17 @@ def prepare(task: str, root: Path, seed: int, sft_steps: int) -> dict:
             "scores_sft": json.loads(cache.read_text())}
 
 
-def train_or_reuse(cfg, out: Path, steps: int):
-    """(final checkpoint, seconds): a run whose last checkpoint is at `steps` is not run again."""
+def train_or_reuse(cfg, out: Path, steps: int, report_only: bool):
+    """(final checkpoint, seconds): a run whose last checkpoint is at `steps` is not run again;
+    with `report_only` an unfinished one is not run at all: (None, None)."""
     from mmgrpo.trainer.checkpoint import latest_checkpoint, load_trainer_state
     from mmgrpo.trainer.loop import train
 
     final = latest_checkpoint(out)
-    if final is not None and load_trainer_state(final).step == steps:
+    if final is not None and load_trainer_state(final).step == steps and (out / "run_seconds.json").is_file():
         return final, json.loads((out / "run_seconds.json").read_text())["seconds"]
+    if report_only:
+        return None, None
     t0 = time.perf_counter()
     final = train(cfg)
     seconds = time.perf_counter() - t0
@@ -130,7 +133,8 @@ def train_or_reuse(cfg, out: Path, steps: int):
     return final, seconds
 
 
-def run_one(job: dict) -> dict:
+def run_one(job: dict) -> dict | None:
+    """The run's record; None for an unfinished run under --report-only."""
     import torch
 
     torch.set_num_threads(1)  # two runs share the 2 cores
@@ -148,7 +152,9 @@ def run_one(job: dict) -> dict:
 
         cfg = counting_rl_config(Path(job["sft"]), Path(job["train"]), Path(job["heldout"]), out,
                                  CountingSpec(seed=job["seed"]), overrides)
-    final, seconds = train_or_reuse(cfg, out, job["steps"])
+    final, seconds = train_or_reuse(cfg, out, job["steps"], job["report_only"])
+    if final is None:
+        return None
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     record = {"method": job["method"], "seed": job["seed"], "seconds": round(seconds, 1),
               "step_time_median": statistics.median(r["step_time"] for r in rows)}
@@ -202,6 +208,8 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, help="default: the task's")
     ap.add_argument("--ablations", action="store_true", help="counting: also run the ablations")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the document from the finished runs, train nothing; it names the runs left")
     ap.add_argument("--out", type=Path, help="default: runs/<doc name>")
     ap.add_argument("--docs", type=Path, default=Path(__file__).resolve().parent.parent / "docs")
     args = ap.parse_args()
@@ -216,18 +224,20 @@ def main() -> None:
                               [args.sft_steps] * n))
         prep = dict(zip(map(str, args.seeds), preps))
         jobs = [{"task": args.task, "method": m, "overrides": o, "seed": s, "steps": args.steps,
-                 "eval_every": args.eval_every, "out": str(args.out / f"seed{s}" / m.replace("+", "_")), **prep[str(s)]}
+                 "eval_every": args.eval_every, "report_only": args.report_only, "out": str(args.out / f"seed{s}" / m.replace("+", "_")), **prep[str(s)]}
                 for s in args.seeds for m, o in table.items()]
         # the methods of DeepVideo-R1's ordering first, every seed, then the others: an interrupted
         # invocation has the comparison the benchmark exists for
         jobs.sort(key=lambda j: j["method"] not in FIRST)
         results = list(pool.map(run_one, jobs))
+    missing = [f"{j['method']} seed {j['seed']}" for j, r in zip(jobs, results) if r is None]
+    results = [r for r in results if r is not None]
     args.docs.mkdir(exist_ok=True)
     doc = args.docs / f"{t['doc']}.md"
     if args.task == "demo":
         report.write_demo(args.docs, args, prep, results, list(table))
     else:
-        report.write_counting(args.docs, args, prep, results, table, list(COUNTING_METHODS))
+        report.write_counting(args.docs, args, prep, results, table, list(COUNTING_METHODS), missing)
     print(doc.read_text())
 
 
