@@ -45,6 +45,17 @@ def settings_of(args) -> dict:
 # counting
 
 
+def late(run: dict) -> float:
+    """Mean held-out accuracy over the evaluations in the second half of the run (75 and 100 of
+    100 steps): one evaluation swings by up to 0.15 between neighbours, two halve the variance."""
+    last = max(c[0] for c in run["curve"])
+    return statistics.fmean(c[1] for c in run["curve"] if c[0] > last / 2)
+
+
+def score(run: dict, key: str) -> float:
+    return late(run) if key == "late" else run["final"][key]
+
+
 def by_method(results: list[dict]) -> dict[str, dict[int, dict]]:
     out: dict[str, dict[int, dict]] = {}
     for r in results:
@@ -56,7 +67,7 @@ def counting_summary(results: list[dict], names: list[str]) -> dict:
     table = {}
     for m, runs in by_method(results).items():
         rs = list(runs.values())
-        final = {k: bootstrap([r["final"][k] for r in rs]) for k in ("accuracy", "easy", "hard", "trace_exact")}
+        final = {k: bootstrap([score(r, k) for r in rs]) for k in ("accuracy", "late", "easy", "hard", "trace_exact")}
         table[m] = {**{f"{k}_ci": v for k, v in final.items()}, "seeds": len(rs),
                     "zero_std_before": statistics.fmean(r["zero_std_frac_before"] for r in rs),
                     "zero_std_after": statistics.fmean(r["zero_std_frac_after"] for r in rs),
@@ -73,10 +84,15 @@ def paired(results: list[dict], a: str, b: str, key: str) -> tuple[float, float,
     if a not in runs or b not in runs:
         return None
     seeds = sorted(set(runs[a]) & set(runs[b]))
-    return bootstrap([runs[a][s]["final"][key] - runs[b][s]["final"][key] for s in seeds]) if seeds else None
+    return bootstrap([score(runs[a][s], key) - score(runs[b][s], key) for s in seeds]) if seeds else None
 
 
-def verdict(ci: tuple[float, float, float]) -> str:
+MIN_SEEDS = 5  # fewer paired seeds give no verdict: two seeds' bootstrap is just their range
+
+
+def verdict(ci: tuple[float, float, float], seeds: int) -> str:
+    if seeds < MIN_SEEDS:
+        return f"too few seeds (< {MIN_SEEDS})"
     if ci[1] > 0:
         return "holds"
     if ci[2] < 0:
@@ -85,11 +101,13 @@ def verdict(ci: tuple[float, float, float]) -> str:
 
 
 def method_rows(table: dict) -> list[str]:
-    lines = ["| method | held-out accuracy | easy | hard | traces with every count right | zero-std groups "
-             "(before → after DA) | DA harder / easier per run | rollout rounds / step | s/run | s/step (median) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| method | seeds | held-out accuracy | easy | hard | late mean (2nd half) | traces with every count "
+             "right | zero-std groups (before → after DA) | DA harder / easier per run | rollout rounds / step | "
+             "s/run | s/step (median) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m, t in table.items():
-        lines.append(f"| {m} | {fmt(t['accuracy_ci'])} | {fmt(t['easy_ci'])} | {fmt(t['hard_ci'])} | "
+        lines.append(f"| {m} | {t['seeds']} | {fmt(t['accuracy_ci'])} | {fmt(t['easy_ci'])} | {fmt(t['hard_ci'])} | "
+                     f"{fmt(t['late_ci'])} | "
                      f"{fmt(t['trace_exact_ci'])} | {t['zero_std_before']:.3f} → {t['zero_std_after']:.3f} | "
                      f"{t['da_harder']:.0f} / {t['da_easier']:.0f} | {t['rounds']:.2f} | {t['seconds']:.0f} | "
                      f"{t['step_time']:.2f} |")
@@ -97,13 +115,16 @@ def method_rows(table: dict) -> list[str]:
 
 
 def ordering_rows(results: list[dict]) -> list[str]:
-    lines = ["| ordering | stratum | mean paired difference [95% CI] | verdict |", "| --- | --- | --- | --- |"]
+    lines = ["| ordering | held-out accuracy | seeds paired | mean paired difference [95% CI] | verdict |",
+             "| --- | --- | --- | --- | --- |"]
+    names = {"accuracy": "final, all", "easy": "final, easy", "hard": "final, hard", "late": "late mean, all"}
+    runs = by_method(results)
     for a, b in ORDERINGS:
-        for key in ("accuracy", "easy", "hard"):
+        for key, name in names.items():
             ci = paired(results, a, b, key)
             if ci is not None:
-                lines.append(f"| {a} > {b} | {key if key != 'accuracy' else 'all'} | {ci[0]:+.3f} "
-                             f"[{ci[1]:+.3f}, {ci[2]:+.3f}] | {verdict(ci)} |")
+                n = len(set(runs[a]) & set(runs[b]))
+                lines.append(f"| {a} > {b} | {name} | {n} | {ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}] | {verdict(ci, n)} |")
     return lines
 
 

@@ -20,7 +20,8 @@ def rep():
 
 
 def run(method, seed, acc):
-    return {"method": method, "seed": seed, "final": {"accuracy": acc, "easy": acc, "hard": acc, "trace_exact": 0.0}}
+    return {"method": method, "seed": seed, "final": {"accuracy": acc, "easy": acc, "hard": acc, "trace_exact": 0.0},
+            "curve": [(50, 0.0, 0.0, 0.0), (75, acc - 0.1, 0.0, 0.0), (100, acc + 0.1, 0.0, 0.0)]}
 
 
 def test_bootstrap_interval(rep):
@@ -35,10 +36,14 @@ def test_paired_differences_and_verdicts(rep):
     results = [run("a", s, 0.2 * s) for s in range(5)] + [run("b", s, 0.2 * s + 0.1) for s in range(5)]
     diff = rep.paired(results, "b", "a", "accuracy")
     assert diff == pytest.approx((0.1, 0.1, 0.1))
-    assert rep.verdict(diff) == "holds"
-    assert rep.verdict(rep.paired(results, "a", "b", "accuracy")) == "reversed"
+    assert rep.verdict(diff, 5) == "holds"
+    assert rep.verdict(diff, 4).startswith("too few seeds")
+    assert rep.verdict(rep.paired(results, "a", "b", "accuracy"), 5) == "reversed"
     mixed = [run("a", s, 0.5) for s in range(4)] + [run("b", s, 0.5 + d) for s, d in enumerate([0.1, -0.1, 0.2, -0.2])]
-    assert rep.verdict(rep.paired(mixed, "b", "a", "accuracy")).startswith("not resolved")
+    assert rep.verdict(rep.paired(mixed, "b", "a", "accuracy"), 5).startswith("not resolved")
     assert rep.paired(results, "b", "missing", "accuracy") is None
+    # the late mean averages the evaluations after half the run (75 and 100 here, not 50)
+    assert rep.late(run("a", 0, 0.5)) == pytest.approx(0.5)
+    assert rep.paired(results, "b", "a", "late") == pytest.approx((0.1, 0.1, 0.1))
     # only seeds both methods ran are paired
     assert rep.paired(results + [run("c", 0, 1.0)], "c", "a", "accuracy") == pytest.approx((1.0, 1.0, 1.0))
