@@ -168,11 +168,12 @@ def write_counting(docs: Path, args, prep: dict, results: list[dict], methods: d
     lines += ["![held-out accuracy per stratum](bench_learning_counting.png)", "", ANALYSIS,
               keep_analysis(docs / "bench_learning_counting.md")]
     (docs / "bench_learning_counting.md").write_text("\n".join(lines))
-    plot_counting(docs / "bench_learning_counting.png", results, [m for m in names if m in main])
+    plot_counting(docs / "bench_learning_counting.png", results, [m for m in names if m in main], prep)
 
 
-def plot_counting(png: Path, results: list[dict], names: list[str]) -> None:
-    """Mean held-out accuracy over seeds per eval step, easy and hard panels, 95% bootstrap band."""
+def plot_counting(png: Path, results: list[dict], names: list[str], prep: dict) -> None:
+    """Mean held-out accuracy over seeds per eval step (step 0: the seed's SFT checkpoint), easy and
+    hard panels, 95% bootstrap band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,7 +183,9 @@ def plot_counting(png: Path, results: list[dict], names: list[str]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, col, title in zip(axes, (2, 3), ("easy", "hard")):
         for i, m in enumerate(names):
-            curves = [r["curve"] for r in runs.get(m, {}).values()]
+            start = {s: prep[str(s)]["scores_sft"] for s in runs.get(m, {})}
+            curves = [[(0, start[s]["accuracy"], start[s]["easy"], start[s]["hard"]), *r["curve"]]
+                      for s, r in runs.get(m, {}).items()]
             steps = [row[0] for row in curves[0]] if curves else []
             if not steps:
                 continue
