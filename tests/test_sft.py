@@ -37,6 +37,20 @@ def test_targets_are_the_assistant_turn_only(tiny_dir, task):
     assert processor.tokenizer.decode(ids[0]) == f"<answer>{sample.answer}</answer><|im_end|>"
 
 
+def test_target_template_names_a_column(tiny_dir, task):
+    """A reasoning-trace warm-up: the template names a column of the row; a column the row lacks
+    is an error naming the sample, not a KeyError from deep inside str.format."""
+    import dataclasses
+
+    processor = load_processor(str(tiny_dir))
+    sample = load_samples(str(task.train)).samples[0]
+    traced = dataclasses.replace(sample, columns={**sample.columns, "trace": "<think>red 2</think>"})
+    ids = target_ids(processor, traced, "{trace}<answer>{answer}</answer>")
+    assert processor.tokenizer.decode(ids[0]) == f"<think>red 2</think><answer>{sample.answer}</answer><|im_end|>"
+    with pytest.raises(ValueError, match="names 'trace'"):
+        target_ids(processor, sample, "{trace}")
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_sft_then_rl(tiny_dir, task, tmp_path, lora):
     ckpt = sft(sft_cfg(tiny_dir, task, tmp_path / "sft", f"lora.enabled={lora}", "max_steps=6"))

@@ -86,3 +86,12 @@ def test_easier_setting_gates_hints(tiny_dir, task, tmp_path, easier):
     finally:
         phase.easier_prompt = real
     assert bool(calls) == easier
+
+
+@pytest.mark.parametrize("harder", ["[gaussian_noise]", "[]"])
+def test_empty_harder_turns_perturbations_off(tiny_dir, task, tmp_path, harder):
+    """Even samples always score 1: flat groups easier than the window mean ("harder" decisions).
+    An empty augment.harder rolls out no perturbed copy of them (the easier-only ablation)."""
+    train(_config(tiny_dir, task, tmp_path, "run", f"augment.harder={harder}"))
+    rows = _rows(tmp_path / "run")
+    assert (sum(r["augment/harder"] for r in rows) > 0) == (harder != "[]")

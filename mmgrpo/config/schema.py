@@ -256,7 +256,7 @@ class AugmentConfig:
     dead_zone: float = bounded(0.1, ge=0)  # delta: |dR| < delta leaves the sample alone
     only_zero_variance: bool = True  # augment only groups whose rewards are all equal
     max_extra_rollouts: int = bounded(4, ge=0)  # cap of augmented groups per step
-    harder: tuple[str, ...] = ("gaussian_noise",)
+    harder: tuple[str, ...] = ("gaussian_noise",)  # perturbations of easy samples, in order; empty = none
     adaptive: bool = True  # strength grows with |dR|; False = fixed strength (ablation)
     fixed_strength: float = bounded(0.5, ge=0, le=1)
     max_strength: float = bounded(1.0, ge=0, le=1)
@@ -347,7 +347,8 @@ class SFTConfig:
     seed: int = bounded(0, ge=0)
     max_steps: int = bounded(100, ge=1)
     batch_size: int = bounded(8, ge=1)
-    # "answer": reference answers wrapped by `target_template`; a format warm-up uses random labels
+    # "answer": reference answers wrapped by `target_template`; a format warm-up uses random labels.
+    # Other columns of the row can be named too: "{trace}" trains on a reference reasoning trace
     target_template: str = "<answer>{answer}</answer>"
     save_every: int = bounded(0, ge=0)
     log_every: int = bounded(10, ge=1)

@@ -50,7 +50,9 @@ def augmented_groups(run: Run, groups: tuple[RolloutGroup, ...], total: Tensor) 
     for g, d in zip(groups, decisions):
         if len(made) >= cfg.max_extra_rollouts:
             break
-        if d.kind == "none" or (d.kind == "easier" and not cfg.easier):  # augment.easier=false: hints off
+        # augment.easier=false: hints off; augment.harder=[]: perturbations off (the one-branch ablations
+        # of DeepVideo-R1 §4.3), rather than rolling out an unperturbed copy
+        if d.kind == "none" or (d.kind == "easier" and not cfg.easier) or (d.kind == "harder" and not cfg.harder):
             continue
         maker = harder_prompt if d.kind == "harder" else easier_prompt
         prompt = guarded(run, maker, run, g, d, counter="skipped_augmentations")  # media may vanish mid-run

@@ -24,10 +24,14 @@ from mmgrpo.trainer.update import NonFiniteGradientError, clipped_step
 
 
 def target_ids(processor, sample: Sample, template: str) -> torch.Tensor:
-    """The assistant turn's tokens: template filled with the reference answer, then <|im_end|>."""
+    """The assistant turn's tokens: template filled with the reference answer (and any other column
+    of the row it names, e.g. a reference reasoning trace `{trace}`), then <|im_end|>."""
     if sample.answer is None:
         raise ValueError(f"sample {sample.ref}: SFT needs a reference answer")
-    text = template.format(answer=sample.answer) + "<|im_end|>"
+    try:
+        text = template.format(**{**sample.columns, "answer": sample.answer}) + "<|im_end|>"
+    except KeyError as e:
+        raise ValueError(f"sample {sample.ref}: target_template names {e}, which the row does not have") from None
     return torch.tensor([processor.tokenizer(text, add_special_tokens=False)["input_ids"]])  # [1, C]
 
 
