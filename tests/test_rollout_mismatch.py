@@ -14,6 +14,7 @@ from mmgrpo.models.vllm_backend import collapsed_ids, engine_seeds
 from mmgrpo.trainer import checkpoint as ckpt
 from mmgrpo.trainer.importance import importance_weights, logp_delta, mismatch_metrics
 from mmgrpo.trainer.losses import LossInputs, Normalizer, compute_loss
+from tests.trainer_utils import random_lora
 
 # one group, two completions of 3 and 2 tokens
 OLD = torch.tensor([[[-1.0, -2.0, -0.5], [-0.3, -0.2, float("-inf")]]])  # [1, 2, 3] trainer
@@ -106,14 +107,9 @@ def test_collapsed_ids_keep_one_placeholder_per_item():
 
 
 def test_merged_weights_equal_peft_merge_and_leave_the_policy(tiny):
-    from mmgrpo.config import LoraConfig
-    from mmgrpo.models.lora import apply_lora, merged_weights
+    from mmgrpo.models.lora import merged_weights
 
-    peft = apply_lora(copy.deepcopy(tiny[0]), LoraConfig(r=4, alpha=8, dropout=0.0), train_vision=False)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    peft = random_lora(tiny[0], std=0.1)
     before = {k: v.clone() for k, v in peft.state_dict().items()}
     got = dict(merged_weights(peft))
     assert all(torch.equal(before[k], v) for k, v in peft.state_dict().items())

@@ -28,6 +28,7 @@ from mmgrpo.processors.encode import PromptEncoder  # noqa: E402
 from mmgrpo.processors.sample import Media, Sample  # noqa: E402
 from tests.media import write_image  # noqa: E402
 from tests.rope_reference import full_sequence_positions  # noqa: E402
+from tests.trainer_utils import random_lora  # noqa: E402
 
 LOGP_TOL = 1e-4
 G = 4
@@ -161,14 +162,7 @@ def test_sync_every_waits(llm, tiny, prompts):
 
 
 def test_lora_syncs_merged_weights(engine, tiny, prompts):
-    from mmgrpo.config import LoraConfig
-    from mmgrpo.models.lora import apply_lora
-
-    peft = apply_lora(copy.deepcopy(tiny[0]), LoraConfig(r=4, alpha=8, dropout=0.0), train_vision=False)
-    with torch.no_grad():
-        for name, p in peft.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)
+    peft = random_lora(tiny[0], std=0.2)
     before = {k: v.clone() for k, v in peft.state_dict().items()}
     engine.sync(peft)
     assert all(torch.equal(before[k], v) for k, v in peft.state_dict().items()), "the sync changed the policy"

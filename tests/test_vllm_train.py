@@ -13,17 +13,7 @@ from tests.vllm_utils import require_vllm
 require_vllm()
 
 from mmgrpo.trainer.loop import train  # noqa: E402
-from tests.trainer_utils import reward_file, small_task, tiny_train_config, weights  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    return small_task(tmp_path_factory.mktemp("task"))
-
-
-@pytest.fixture(scope="module")
-def rewards(tmp_path_factory):
-    return reward_file(tmp_path_factory.mktemp("rewards"))
+from tests.trainer_utils import tiny_train_config, weights  # noqa: E402
 
 
 def metrics(out) -> list[dict]:

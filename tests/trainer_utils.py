@@ -57,3 +57,21 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     for f in files:
         out.update(load_file(str(f)))
     return out
+
+
+def random_lora(model, std: float):
+    """A LoRA copy of `model` (r 4, no dropout) whose B matrices are random, so the adapter changes
+    the outputs (PEFT initialises B to zero)."""
+    import copy
+
+    import torch
+
+    from mmgrpo.config import LoraConfig
+    from mmgrpo.models.lora import apply_lora
+
+    peft = apply_lora(copy.deepcopy(model), LoraConfig(r=4, alpha=8, dropout=0.0), train_vision=False)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, std)
+    return peft
