@@ -3,7 +3,7 @@
     python scripts/check_learnable.py [--hidden 128] [--layers 2] [--steps 300 600] [--seed 0]
 
 SFT on the true reference traces of the training clips (both strata), then greedy held-out
-accuracy per stratum and the share of exactly right counts in the traces. This is the FACTS-style
+accuracy per stratum and the share of exactly right counts in the traces. This is the learnability
 check: a task the model cannot learn with true labels is no benchmark for RL (direction of
 motion was such a task at 0.75M parameters). Prints one JSON line per checkpoint.
 """

