@@ -10,8 +10,8 @@ reference completion counts first, then answers:
 
 Why this task: colour is a spatial attribute the tiny model can see (docs/bench_learning.md;
 direction of motion was not learned at 0.75M parameters even with true labels), and the answer
-follows from counts over the whole clip, so the trace is the reasoning DeepVideo-R1 §3.3's "easier" branch hands out as a hint. Difficulty is
-graded by the margin between the most frequent colour and the runner-up: "easy" clips win by
+follows from counts over the whole clip, so the trace is the reasoning DeepVideo-R1 §3.3's
+"easier" branch hands out as a hint. Difficulty is graded by the margin between the most frequent colour and the runner-up: "easy" clips win by
 >= 2 scenes, "hard" ones by exactly 1 (one miscounted scene flips the answer).
 
 Each scene lasts two frames, the Qwen-VL temporal patch: a video token then sees one scene, never
