@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,15 @@ def test_every_preset_is_selectable_from_yaml(tmp_path, name):
     for section, values in PRESETS[name].items():
         for key, value in values.items():
             assert getattr(getattr(cfg, section), key) == value, (name, section, key)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["tools.enabled=true", "generation.backend=vllm"], "generation.backend=vllm"),
+    (["tools.enabled=true", "tools.names=[]"], "tools.names"),
+    (["tools.credit=gigpo", "loss.objective=gspo", "tools.enabled=true"], "tools.credit=gigpo"),
+])
+def test_tool_settings_that_cannot_work_together_are_refused(overrides, key):
+    """Tool rollouts run in the trainer's multi-turn generator: with the vLLM backend an engine would
+    be built and never used; GiGPO needs the token-level objective; tools need tools."""
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(TrainConfig, None, overrides)

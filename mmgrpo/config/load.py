@@ -307,6 +307,9 @@ def check_tools(cfg: TrainConfig) -> None:
         raise ConfigError("tools.credit=gigpo gives each turn its own advantage: it needs tools.enabled, the "
                           "token-level objective (loss.objective=clipped_token) and group advantages "
                           "(advantage.scale group or none, advantage.combine=sum_then_normalize)")
+    if t.enabled and cfg.generation.backend != "hf":  # else an engine would be built and never used
+        raise ConfigError(f"tools.enabled rolls out with the trainer's multi-turn generator (models/multiturn.py); "
+                          f"generation.backend={cfg.generation.backend} does not run tool calls yet: use backend=hf")
     if t.enabled and not (t.names or t.mcp_servers):
         raise ConfigError("tools.enabled needs tools: set tools.names or tools.mcp_servers")
 

@@ -126,7 +126,7 @@ def show_step(run: Run, bar, metrics: dict[str, float]) -> None:
         run.flat_steps += 1
         if run.flat_steps in (1, 10, 100, 1000):  # said when it starts, then less and less often
             tqdm.write(f"[mmgrpo] WARNING step {step}: every group's completions got equal rewards, so every "
-                       f"advantage is 0 and this step trained on nothing ({run.flat_steps} such "
+                       f"advantage is 0 and this step learned nothing from its rewards ({run.flat_steps} such "
                        "steps so far). Too easy or too hard data, too few generations, or a reward that cannot "
                        "tell completions apart; see zero_std_frac in the metrics")
 
