@@ -194,7 +194,8 @@ def train_step(parts: PolicyParts, processor, prompts: list[PromptInputs], gen: 
     scored = ScoredStep(groups, rewards[..., None], rewards, advantages.to(dev), torch.zeros(B, dtype=torch.bool),
                         advantages[..., None])
     loss = LossConfig(objective="clipped_token", beta=0.04)
-    settings = UpdateSettings(loss, OptimConfig(lr=1e-6), mode, gen.temperature, gen.max_new_tokens, special.pad)
+    settings = UpdateSettings(loss, OptimConfig(lr=1e-6), mode, gen.temperature, gen.max_new_tokens, special.pad,
+                              router_aux_loss_coef=0.0, is_mode="none", is_cap=1.0)
     timings: dict[str, float] = {}
     policy_update(parts, scored, settings, timings)
     sync(dev)

@@ -49,9 +49,9 @@ class UpdateSettings:
     temperature: float  # the sampling temperature: log-probs of the distribution that was sampled
     max_new_tokens: int  # Dr. GRPO's constant normaliser
     pad_id: int
-    router_aux_loss_coef: float = 0.0  # MoE load-balancing loss weight (models.moe); 0 = none
-    is_mode: str = "none"  # importance sampling of engine-sampled groups (trainer/importance.py)
-    is_cap: float = 3.0
+    router_aux_loss_coef: float  # MoE load-balancing loss weight (models.moe); 0 = none
+    is_mode: str  # importance sampling of engine-sampled groups (trainer/importance.py); "none" = off
+    is_cap: float  # the ratio's truncation / mask threshold (generation.vllm.is_cap)
 
     @classmethod
     def of(cls, cfg: TrainConfig, pad_id: int) -> "UpdateSettings":
