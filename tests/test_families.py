@@ -226,6 +226,15 @@ def test_lora_targets_exist_in_each_family(family_model, name):
     adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in peft_model.named_parameters() if "lora_A" in n}
     assert adapted == set(family.lora_targets)
     assert not any("visual" in n for n, _ in peft_model.named_parameters() if "lora_" in n)
+    # a trained tower (model.freeze_vision=false): every linear of the vision blocks and the merger
+    # (Qwen3-VL's deepstack mergers too), the language model's targets unchanged
+    with_vision = apply_lora(copy.deepcopy(model), LoraConfig(r=2, dropout=0.0), train_vision=True)
+    vision = {n.removeprefix("base_model.model.").split(".lora_A")[0] for n, _ in with_vision.named_parameters()
+              if "lora_A" in n and "visual" in n}
+    assert vision == {n for n, m in model.named_modules() if "visual" in n and isinstance(m, torch.nn.Linear)}
+    assert any("merger" in n for n in vision)
+    assert {n for n, _ in with_vision.named_parameters() if "lora_A" in n and "visual" not in n} == {
+        n for n, _ in peft_model.named_parameters() if "lora_A" in n}
     if family.moe:
         with_experts = apply_lora(copy.deepcopy(model), LoraConfig(r=2, dropout=0.0, experts=True), train_vision=False)
         wrapped = {n for n, m in with_experts.named_modules() if type(m).__name__ == "ParamWrapper"}

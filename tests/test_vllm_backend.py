@@ -161,8 +161,10 @@ def test_sync_every_waits(llm, tiny, prompts):
     assert max_error(backend, model, prompts["image"], [1, 7_920]) < LOGP_TOL
 
 
-def test_lora_syncs_merged_weights(engine, tiny, prompts):
-    peft = random_lora(tiny[0], std=0.2)
+@pytest.mark.parametrize("train_vision", [False, True], ids=["language", "language+vision"])
+def test_lora_syncs_merged_weights(engine, tiny, prompts, train_vision):
+    peft = random_lora(tiny[0], std=0.2, train_vision=train_vision)
+    assert any("merger" in n for n, _ in peft.named_parameters() if "lora_B" in n) == train_vision
     before = {k: v.clone() for k, v in peft.state_dict().items()}
     engine.sync(peft)
     assert all(torch.equal(before[k], v) for k, v in peft.state_dict().items()), "the sync changed the policy"

@@ -59,9 +59,9 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def random_lora(model, std: float):
-    """A LoRA copy of `model` (r 4, no dropout) whose B matrices are random, so the adapter changes
-    the outputs (PEFT initialises B to zero)."""
+def random_lora(model, std: float, train_vision: bool = False):
+    """A LoRA copy of `model` (r 4, no dropout; `train_vision`: on the vision blocks and merger too)
+    whose B matrices are random, so the adapter changes the outputs (PEFT initialises B to zero)."""
     import copy
 
     import torch
@@ -69,7 +69,7 @@ def random_lora(model, std: float):
     from mmgrpo.config import LoraConfig
     from mmgrpo.models.lora import apply_lora
 
-    peft = apply_lora(copy.deepcopy(model), LoraConfig(r=4, alpha=8, dropout=0.0), train_vision=False)
+    peft = apply_lora(copy.deepcopy(model), LoraConfig(r=4, alpha=8, dropout=0.0), train_vision=train_vision)
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_B" in name:

@@ -47,7 +47,8 @@ class LoraConfig:
     alpha: int = bounded(32, ge=1)
     dropout: float = bounded(0.05, ge=0, lt=1)
     # Language-model projections (module names); empty = the family's own list (models.families:
-    # attention and MLP, Qwen3.5's linear-attention projections too). The vision tower's are excluded by path
+    # attention and MLP, Qwen3.5's linear-attention projections too). The vision tower's are excluded by
+    # path; with model.freeze_vision=false every vision linear (blocks and merger) gets an adapter too
     target_modules: tuple[str, ...] = ()
     # MoE families: LoRA on the fused expert weights too (PEFT target_parameters; needs dropout 0)
     experts: bool = False

@@ -34,7 +34,7 @@ def demo_vision() -> VisionConfig:
 def sft_config(base: Path, data: Path, out: Path, steps: int, family: str) -> SFTConfig:
     return SFTConfig(
         model=ModelConfig(name_or_path=str(base), family=family, dtype="fp32", freeze_vision=False),
-        lora=LoraConfig(enabled=False),  # measured: LoRA learns next to nothing at this size
+        lora=LoraConfig(enabled=False),  # format SFT: full fine-tuning, as the demo's RL run
         vision=demo_vision(),
         data=DataConfig(train=(str(data),), prompt_suffix=SUFFIX),
         optim=OptimConfig(lr=1e-3, max_grad_norm=1.0),
@@ -58,14 +58,15 @@ def rl_config(start: Path, data: Path, heldout: Path, out: Path, overrides: list
 
 
 def accuracy(model_dir: Path, data: Path, vision: VisionConfig) -> float:
-    """Greedy held-out accuracy through the evaluator (`mmgrpo eval`'s code path)."""
+    """Greedy held-out accuracy through the evaluator (`mmgrpo eval`'s code path); `model_dir` is a
+    model folder or a checkpoint (full weights or a LoRA adapter on its recorded base)."""
     from mmgrpo.eval.bench import load_eval_data
     from mmgrpo.eval.runner import evaluate
-    from mmgrpo.models.loading import load_model, load_processor
+    from mmgrpo.models.infer import load_for_inference
 
-    model = load_model(model_dir, "fp32", "cpu").eval()
+    loaded = load_for_inference(str(model_dir), None, "fp32", "cpu")
     samples = load_eval_data([str(data)], prompt_suffix=SUFFIX, strict=True)
-    result = evaluate(model, load_processor(str(model_dir)), samples, EvalConfig(batch_size=16, max_new_tokens=8),
+    result = evaluate(loaded.model.eval(), loaded.processor, samples, EvalConfig(batch_size=16, max_new_tokens=8),
                       vision, progress=False, numeric_tolerance=RewardConfig().numeric_tolerance)
     return result.metrics.accuracy
 

@@ -3,6 +3,7 @@ projections the family has), the vision tower frozen, fp16 master weights, gradi
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from typing import Iterator
 
@@ -20,13 +21,21 @@ def freeze_vision(model: torch.nn.Module) -> None:
         p.requires_grad_(False)
 
 
-def lora_target_regex(modules: tuple[str, ...], include_vision: bool) -> str:
-    """PEFT full-match regex. The vision tower's blocks share names (`gate_proj`, ...) with the
-    language model, so a plain list would put adapters on a frozen tower; exclude it by path."""
+def vision_linears(model: torch.nn.Module) -> tuple[str, ...]:
+    """Full paths of every nn.Linear in the vision tower: its blocks and its merger (the aligner
+    into the language model's width), as ms-swift's `all-linear` with freeze_vit / freeze_aligner off."""
+    tower = vision_tower(model)
+    prefix = next(name for name, m in model.named_modules() if m is tower)
+    return tuple(f"{prefix}.{name}" for name, m in tower.named_modules() if isinstance(m, torch.nn.Linear))
+
+
+def lora_target_regex(modules: tuple[str, ...], vision: tuple[str, ...]) -> str:
+    """PEFT full-match regex: the language model's `modules` (by last name) and the vision tower's
+    linears `vision` (full paths; empty = a frozen tower). The tower's blocks share names
+    (`gate_proj`, ...) with the language model, so the names alone are matched outside it only."""
     names = "|".join(sorted(set(modules)))
-    if include_vision:
-        return rf".*\.({names}|qkv|attn\.proj)$"
-    return rf"^(?!.*visual).*\.({names})$"
+    language = rf"(?!.*visual).*\.({names})"
+    return rf"^({language}|{'|'.join(re.escape(v) for v in vision)})$" if vision else rf"^{language}$"
 
 
 def language_linears(model: torch.nn.Module) -> set[str]:
@@ -58,7 +67,7 @@ def apply_lora(model: PreTrainedModel, cfg: LoraConfig, train_vision: bool) -> t
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=lora_target_regex(modules, include_vision=train_vision),
+        target_modules=lora_target_regex(modules, vision_linears(model) if train_vision else ()),
         target_parameters=experts or None,  # fused [experts, out, in] weights, wrapped by PEFT's ParamWrapper
         task_type="CAUSAL_LM",
     )
