@@ -16,7 +16,7 @@ from mmgrpo.demo.tools_task import ToolTaskSpec, make_tool_task
 from mmgrpo.models.loading import load_model, load_processor
 from mmgrpo.models.tiny import TinySpec, save_tiny
 from mmgrpo.trainer.loop import train
-from mmgrpo.trainer.rewards import tool_cost, tool_format
+from mmgrpo.trainer.rewards import tool_bonus, tool_cost, tool_format
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPEC = ToolTaskSpec(n_train=4, n_heldout=2, size=448, dot=4, noise=30.0, seed=0)
@@ -101,6 +101,17 @@ def test_tool_rewards_read_the_whole_trajectory():
     no_answer = [good[0], good[1], {"role": "assistant", "content": "A"}]
     assert tool_format([good, bad_call, no_answer, "<answer>B</answer>", "B"]) == [1.0, 0.5, 0.5, 1.0, 0.0]
     assert tool_cost([good, good[2:], [good[0], good[1]] * 2 + good[2:]]) == [-1.0, -0.0, -2.0]
+
+
+def test_tool_bonus_needs_a_right_answer_and_a_call_that_worked():
+    call = {"role": "assistant", "content": '<tool_call>{"name": "crop", "arguments": {"box": [1, 2, 3, 4]}}</tool_call>'}
+    worked, failed = {"role": "tool", "content": "", "error": False}, {"role": "tool", "content": "Error: no box", "error": True}
+    right, wrong = {"role": "assistant", "content": "<answer>A</answer>"}, {"role": "assistant", "content": "<answer>B</answer>"}
+    untagged = {"role": "tool", "content": "Error: timed out"}  # no flag (a user's rollout): read from the prefix
+    rows = [[call, worked, right], [call, worked, wrong], [call, failed, right], [right], [call, untagged, right],
+            [call, failed, call, worked, right], "<answer>A</answer>"]
+    assert tool_bonus(rows, answer=["A"] * 7, options=[["a", "b", "c", "d"]] * 7) == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert tool_bonus([[call, worked, right]], answer=[None]) == [None]  # no reference: not applicable
 
 
 def test_gigpo_advantages_of_a_groups_trajectories():

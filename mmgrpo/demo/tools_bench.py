@@ -35,8 +35,10 @@ from mmgrpo.trainer.tool_rollout import build_tool_env, conversation
 def run_config(model_dir: Path, train: Path, out: Path, tools: bool, steps: int, seed: int) -> TrainConfig:
     """The GRPO run of one condition: the demo's settings, multi-turn with the crop tool or not."""
     tool_settings = ["tools.enabled=true", "tools.names=[crop]", "tools.max_turns=2", "tools.max_total_tokens=160",
-                     "tools.min_pixels=3136", "tools.max_pixels=3136", "reward.functions=[accuracy,tool_format]",
-                     "reward.weights=[1.0,0.0]",  # tool_format logged, not rewarded: a direct answer would score it higher
+                     "tools.min_pixels=3136", "tools.max_pixels=3136", "reward.functions=[accuracy,tool_bonus,tool_format]",
+                     # DeepEyes' conditional tool bonus keeps the calls alive while reading is learned;
+                     # tool_format logged, not rewarded (a direct answer would score it higher than an errored call)
+                     "reward.weights=[1.0,0.5,0.0]",
                      "generation.max_new_tokens=64"]
     plain = ["reward.functions=[accuracy,format]", "reward.weights=[1.0,0.2]", "generation.max_new_tokens=8"]
     cfg = load_config(TrainConfig, None, [

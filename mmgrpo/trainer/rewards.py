@@ -164,12 +164,28 @@ def tool_cost(completions: list, **kwargs: Any) -> list[float | None]:
     return [-float(_turns(comp)[1]) for comp in completions]
 
 
+def tool_bonus(completions: list, **kwargs: Any) -> list[float | None]:
+    """1.0 when the final answer is right (`accuracy`, same columns) and at least one tool call was
+    answered without an error, else 0: DeepEyes' conditional tool reward (arXiv 2505.14362, its
+    reward R = R_acc + R_format + 1[R_acc > 0] R_tool). At chance accuracy a call that works scores
+    higher than a direct guess, so the policy keeps calling until it has learned to read the answer;
+    a call that errors earns nothing (a tool message's `error` flag, else its "Error: " prefix)."""
+    out: list[float | None] = []
+    for comp, right in zip(completions, accuracy(completions, **kwargs)):
+        messages = [] if isinstance(comp, str) else [comp] if isinstance(comp, dict) else list(comp or [])
+        worked = any(m.get("role") == "tool" and not m.get("error", str(m.get("content", "")).startswith("Error: "))
+                     for m in messages if isinstance(m, dict))
+        out.append(None if right is None else float(right == 1.0 and worked))
+    return out
+
+
 REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy,
     "format": format_reward,
     "overlong": overlong,
     "tool_format": tool_format,
     "tool_cost": tool_cost,
+    "tool_bonus": tool_bonus,
 }
 
 

@@ -37,12 +37,13 @@ def build_tool_env(cfg, processor) -> ToolEnv:
 
 
 def conversation(t: Trajectory) -> list[dict]:
-    """A trajectory as TRL conversational messages (what reward functions receive)."""
+    """A trajectory as TRL conversational messages (what reward functions receive); a tool message
+    also says whether the call failed (`error`: its content is then the error message)."""
     messages = []
     for i, turn in enumerate(t.turns):
         messages.append({"role": "assistant", "content": turn})
         if i < len(t.answers):
-            messages.append({"role": "tool", "content": t.answers[i].answer})
+            messages.append({"role": "tool", "content": t.answers[i].answer, "error": t.answers[i].error})
     return messages
 
 
