@@ -17,6 +17,7 @@ from mmgrpo.models.loading import load_model, load_processor
 from mmgrpo.models.tiny import TinySpec, save_tiny
 from mmgrpo.trainer.loop import train
 from mmgrpo.trainer.rewards import tool_bonus, tool_cost, tool_format
+from tests.trainer_utils import weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SPEC = ToolTaskSpec(n_train=4, n_heldout=2, size=448, dot=4, noise=30.0, seed=0)
@@ -55,6 +56,27 @@ def test_two_steps_with_tool_calls(caller, tmp_path):
     assert all(r["loss"] is not None and r["grad_norm"] > 0 for r in rows), rows
     before, after = load_model(model_dir, "fp32", "cpu"), load_model(final, "fp32", "cpu")
     assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_tool_run_resumes_exactly(caller, tmp_path, lora):
+    """Two steps, a checkpoint, then two more after a resume == four steps in one go: weights bitwise,
+    metrics (tool calls included) equal. The rollouts' tool answers depend only on the calls."""
+    model_dir, train_file = caller
+
+    def config(out, steps, resume=None):
+        cfg = run_config(model_dir, train_file, out, True, steps, 0)
+        return dataclasses.replace(cfg, prompts_per_step=2, save_every=2, resume_from=resume,
+                                   lora=dataclasses.replace(cfg.lora, enabled=lora),
+                                   generation=dataclasses.replace(cfg.generation, num_generations=4))
+
+    full = train(config(tmp_path / "full", 4))
+    train(config(tmp_path / "cut", 2))
+    resumed = train(config(tmp_path / "cut", 4, "auto"))
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    keys = ("loss", "reward/mean", "tools/calls_mean", "tools/error_rate")
+    assert [[r[k] for k in keys] for r in metrics(tmp_path / "cut")] == [[r[k] for k in keys] for r in metrics(tmp_path / "full")]
 
 
 @pytest.mark.parametrize("objective,lora", [("reg_grpo", True), ("gspo", False), ("tic_grpo", True)])
