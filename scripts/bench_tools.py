@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sft-steps", type=int, default=300)
-    ap.add_argument("--rl-steps", type=int, default=150)
+    ap.add_argument("--rl-steps", type=int, default=250)
     ap.add_argument("--n-train", type=int, default=64)
     ap.add_argument("--n-heldout", type=int, default=64)
     ap.add_argument("--out-dir", type=Path, default=Path("runs/bench_tools"))

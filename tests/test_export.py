@@ -170,7 +170,8 @@ def test_old_layout_adapter_merges_to_same_weights(merged, old_adapter_dir, tmp_
     out = tmp_path / "from_old"
     rc, stdout, err = run_merge(["--adapter", str(old_adapter_dir), "--out", str(out), "--dtype", "fp32"], capsys)
     assert rc == 0, err
-    assert "checkpoint-3" in stdout and "renamed 48 keys from the pre-4.52 layout" in stdout and "OK:" in stdout
+    # 52 = every LoRA A/B pair of the adapter: language model, vision blocks and the merger's two linears
+    assert "checkpoint-3" in stdout and "renamed 52 keys from the pre-4.52 layout" in stdout and "OK:" in stdout
     assert not {p.name for p in out.iterdir()} & set(TRAINER_FILES)
     expected, got = load_file(merged[0] / "model.safetensors"), load_file(out / "model.safetensors")
     assert expected.keys() == got.keys()
