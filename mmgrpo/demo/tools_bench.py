@@ -6,8 +6,10 @@ rate per seed.
                    letter: the format, not the task) -> GRPO with tools -> greedy multi-turn eval
     without tools: SFT on the answer format (random letters) -> GRPO -> greedy eval
 
-Deviation from the issue's plan: the traces' crop box is the top-left dot's (not random arguments);
-what RL has to learn here is reading the tool's answer, not where to look.
+Reward: accuracy + 0.5 x `tool_bonus` (DeepEyes' conditional tool reward), which keeps the calls
+alive while the policy learns to read their answers (docs/bench_tools.md). Deviation from the plan
+of random arguments: the traces' crop box is the top-left dot's; what RL has to learn here is
+reading the tool's answer, not where to look.
 """
 from __future__ import annotations
 
