@@ -22,6 +22,7 @@ from typing import Any, Callable
 from PIL import Image
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+ERROR_PREFIX = "Error: "  # what an error answer starts with (the model reads it; rewards may check it)
 _CALL = re.compile(re.escape(CALL_OPEN) + r"(.*?)" + re.escape(CALL_CLOSE), re.DOTALL)
 
 
@@ -103,7 +104,7 @@ def as_answer(value: Any) -> ToolAnswer:
 
 
 def failed(message: str) -> ToolAnswer:
-    return ToolAnswer(f"Error: {message}", (), True)
+    return ToolAnswer(f"{ERROR_PREFIX}{message}", (), True)
 
 
 def run_call(call: ToolCall, tools: dict[str, Tool], context: Any, timeout_s: float) -> ToolAnswer:

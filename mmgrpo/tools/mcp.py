@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from mmgrpo.tools.base import Tool, ToolAnswer
+from mmgrpo.tools.base import ERROR_PREFIX, Tool, ToolAnswer
 
 
 class MCPServer:
@@ -85,4 +85,4 @@ def answer_of(result) -> ToolAnswer:
         else:
             texts.append(f"[{block.type} content omitted]")
     text = "\n".join(texts)
-    return ToolAnswer(f"Error: {text}" if result.is_error else text, tuple(images), bool(result.is_error))
+    return ToolAnswer(f"{ERROR_PREFIX}{text}" if result.is_error else text, tuple(images), bool(result.is_error))

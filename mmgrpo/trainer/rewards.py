@@ -42,7 +42,7 @@ from torch import Tensor
 
 from mmgrpo.answers import PROBLEM_TYPES, infer_problem_type, score_answer
 from mmgrpo.config import RewardConfig
-from mmgrpo.tools.base import CALL_OPEN, parse_call
+from mmgrpo.tools.base import CALL_OPEN, ERROR_PREFIX, parse_call
 from mmgrpo.trainer.advantages import MAX_ABS_REWARD
 
 RewardFn = Callable[..., list]
@@ -133,12 +133,19 @@ def overlong(completions: list, completion_lengths: list | None = None, max_comp
     return out
 
 
+def _messages(completion: Any) -> list:
+    """A TRL conversational completion as its list of messages (a string: none)."""
+    if isinstance(completion, str):
+        return []
+    return [completion] if isinstance(completion, dict) else list(completion or [])
+
+
 def _turns(completion: Any) -> tuple[list[str], int]:
     """(assistant turns, tool answers) of a completion: a TRL conversational list of a multi-turn
     rollout, or a plain string (one turn, no tools)."""
     if isinstance(completion, str):
         return [completion], 0
-    messages = [completion] if isinstance(completion, dict) else list(completion or [])
+    messages = _messages(completion)
     turns = [completion_text([m]) for m in messages if m.get("role", "assistant") == "assistant"]
     return turns, sum(m.get("role") == "tool" for m in messages)
 
@@ -172,9 +179,8 @@ def tool_bonus(completions: list, **kwargs: Any) -> list[float | None]:
     a call that errors earns nothing (a tool message's `error` flag, else its "Error: " prefix)."""
     out: list[float | None] = []
     for comp, right in zip(completions, accuracy(completions, **kwargs)):
-        messages = [] if isinstance(comp, str) else [comp] if isinstance(comp, dict) else list(comp or [])
-        worked = any(m.get("role") == "tool" and not m.get("error", str(m.get("content", "")).startswith("Error: "))
-                     for m in messages if isinstance(m, dict))
+        worked = any(m.get("role") == "tool" and not m.get("error", str(m.get("content", "")).startswith(ERROR_PREFIX))
+                     for m in _messages(comp) if isinstance(m, dict))
         out.append(None if right is None else float(right == 1.0 and worked))
     return out
 
